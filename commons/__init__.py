@@ -1,0 +1,1 @@
+"""The shared kernel: settings, database, identity, stations and the audit log."""

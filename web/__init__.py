@@ -1,0 +1,1 @@
+"""The web application: routes, pages, JSON API and the `huiyun` command line."""

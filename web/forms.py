@@ -1,0 +1,50 @@
+"""Reading request bodies: forms and JSON, with clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from commons.errors import BadRequest
+
+MAX_FIELD_CHARS = 10_000
+
+
+async def form_data(request: web.Request) -> dict[str, str]:
+    """A url-encoded form as plain strings; repeated keys keep the last value."""
+    if request.content_type not in ("application/x-www-form-urlencoded",
+                                    "multipart/form-data"):
+        raise BadRequest(f"expected a form, got content type {request.content_type!r}")
+    try:
+        form = await request.post()
+    except UnicodeDecodeError:
+        raise BadRequest("the form is not UTF-8 text") from None
+    values = {}
+    for key, value in form.items():
+        if isinstance(value, str):
+            values[key] = value[:MAX_FIELD_CHARS]
+    return values
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """A JSON object body; 400 when it is not JSON or not an object."""
+    if request.content_type != "application/json":
+        raise BadRequest("expected Content-Type: application/json, got "
+                         f"{request.content_type!r}")
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"expected a JSON object, got {type(body).__name__}")
+    return body
+
+
+def safe_next(target: str | None, default: str = "/") -> str:
+    """A same-site path to return to after login; anything else goes home."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    return target

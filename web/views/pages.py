@@ -1,0 +1,71 @@
+"""Health probes, the dashboard and the language switch."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from commons import identity
+from commons.identity import Role
+from commons.scope import Scope
+from web import keys
+from web.context import LANGUAGE_COOKIE, current_user, is_secure, require_user
+from web.forms import form_data, safe_next
+from web.i18n import LANGUAGES
+from web.render import render_html
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    database = request.app.get(keys.DATABASE)
+    if database is None or not await database.ping():
+        return web.json_response({"status": "unavailable", "database": "down"},
+                                 status=503)
+    return web.json_response({"status": "ok", "database": "up"})
+
+
+async def home(request: web.Request) -> web.Response:
+    user = current_user(request)
+    if user is None:
+        raise web.HTTPSeeOther("/login")
+    database = request.app[keys.DATABASE]
+    scope = Scope.of(user)
+    counts = {}
+    if user.role is not Role.COUPLE:
+        stations_in_scope = database["stations"]
+        for level in ("city", "district", "street"):
+            counts[level] = await stations_in_scope.count_documents(
+                {**scope.station_filter(), "level": level})
+        counts["staff"] = await database[identity.USERS].count_documents(
+            scope.restrict({"role": {"$in": ["clinician", "expert"]}}))
+    return render_html(request, "home.html", counts=counts)
+
+
+async def switch_language(request: web.Request) -> web.Response:
+    form = await form_data(request)
+    language = form.get("language", "")
+    if language not in LANGUAGES:
+        raise web.HTTPBadRequest(text=f"unknown language {language!r}")
+    user = current_user(request)
+    if user is not None:
+        await identity.update_user(request.app[keys.DATABASE], user.id,
+                                   {"language": language})
+    response = web.HTTPSeeOther(safe_next(form.get("next")))
+    response.set_cookie(LANGUAGE_COOKIE, language, max_age=365 * 86400,
+                        samesite="Lax", secure=is_secure(request), path="/")
+    raise response
+
+
+async def account(request: web.Request) -> web.Response:
+    user = require_user(request)
+    return render_html(request, "account.html", account=user)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", home)
+    app.router.add_get("/account", account)
+    app.router.add_post("/language", switch_language)
