@@ -46,11 +46,17 @@ class WebSocketLink:
     """Writes queued messages to an aiohttp WebSocket from one writer task."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, request: web.Request, *, queue_limit: int
+        self,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        *,
+        queue_limit: int,
+        close_timeout: float,
     ) -> None:
         self._ws = ws
         self._request = request
         self._limit = queue_limit
+        self._close_timeout = close_timeout
         self._queue: deque[str | _CloseMark] = deque()
         self._ready = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop())
@@ -68,15 +74,14 @@ class WebSocketLink:
         self._queue.append(_CloseMark(code, reason))
         self._ready.set()
         try:
-            await asyncio.shield(self._writer)
-        except asyncio.CancelledError:
+            async with asyncio.timeout(self._close_timeout):
+                if not self._writer.done():
+                    await asyncio.shield(self._writer)
+                if not self._ws.closed:
+                    await self._ws.close(code=code, message=reason.encode())
+        except TimeoutError:
+            # a peer that neither reads nor answers the close frame
             self._abort()
-            raise
-
-    def abort_after(self, seconds: float) -> None:
-        """Give up on a peer that does not read: drop the socket at once."""
-        loop = asyncio.get_running_loop()
-        loop.call_later(seconds, self._abort)
 
     async def _write_loop(self) -> None:
         try:

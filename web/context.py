@@ -31,12 +31,15 @@ class RequestState:
 
 
 
+STATE = web.RequestKey("huiyun_state", RequestState)
+
+
 def state(request: web.Request) -> RequestState:
-    found = request.get("huiyun_state")
+    found = request.get(STATE)
     if found is None:
         found = RequestState()
-        request["huiyun_state"] = found
-    return found  # type: ignore[no-any-return]
+        request[STATE] = found
+    return found
 
 
 def current_user(request: web.Request) -> User | None:
