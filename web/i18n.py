@@ -23,6 +23,19 @@ _CATALOG_DIRS = {"zh-CN": "zh_CN", "en": "en"}
 Catalogs = Mapping[str, NullTranslations]
 
 
+def N_(message: str) -> str:
+    """Mark a string for the catalog where it is translated later, by value."""
+    return message
+
+
+# names that templates translate by value: roles and station levels
+DYNAMIC_MESSAGES = (
+    N_("admin"), N_("clinician"), N_("expert"), N_("couple"),
+    N_("city"), N_("district"), N_("street"),
+    N_("too many failed logins; wait 15 minutes and try again"),
+)
+
+
 def load_catalogs() -> dict[str, NullTranslations]:
     catalogs: dict[str, NullTranslations] = {}
     for language, folder in _CATALOG_DIRS.items():

@@ -91,8 +91,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if is_api(request):
             return _json_error(request, 500, "internal_error",
                                f"internal error; quote error id {error_id}")
+        translate = gettext(request)
         return render_html(request, "error.html", status=500, error_status=500,
-                           message=gettext(request)("Something went wrong on our side."),
+                           message=translate("Something went wrong on our side."),
                            error_id=error_id)
 
 
@@ -223,7 +224,8 @@ async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
         supplied = str(form.get("csrf_token", ""))
     if not expected or not supplied or not hmac.compare_digest(expected, supplied):
         logger.warning("csrf rejected method=%s path=%s", request.method, request.path)
-        raise web.HTTPForbidden(text=gettext(request)(
+        translate = gettext(request)
+        raise web.HTTPForbidden(text=translate(
             "The form expired or came from another site. Reload the page and try again."))
     return await handler(request)
 
