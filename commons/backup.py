@@ -6,6 +6,7 @@ another) with ``<collection>.metadata.json`` beside it listing the indexes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -37,17 +38,31 @@ async def dump(database: Database, directory: Path) -> dict[str, int]:
 
 async def _dump_collection(database: Database, name: str, target: Path) -> int:
     collection = database[name]
-    count = 0
-    with open(target / f"{name}.bson", "wb") as out:
-        async for document in collection.find({}).sort("_id", 1):
-            out.write(bson.encode(document))
-            count += 1
+    path = target / f"{name}.bson"
+    await asyncio.to_thread(path.write_bytes, b"")
+    count, batch = 0, bytearray()
+    async for document in collection.find({}).sort("_id", 1):
+        batch += bson.encode(document)
+        count += 1
+        if len(batch) > 1 << 20:
+            await asyncio.to_thread(_append, path, bytes(batch))
+            batch.clear()
+    await asyncio.to_thread(_append, path, bytes(batch))
     indexes = [dict(info) async for info in await collection.list_indexes()]
-    metadata = {"options": {}, "indexes": indexes, "collectionName": name,
-                "type": "collection"}
-    (target / f"{name}.metadata.json").write_text(
-        json_util.dumps(metadata, json_options=json_util.CANONICAL_JSON_OPTIONS))
+    metadata = {
+        "options": {},
+        "indexes": indexes,
+        "collectionName": name,
+        "type": "collection",
+    }
+    text = json_util.dumps(metadata, json_options=json_util.CANONICAL_JSON_OPTIONS)
+    await asyncio.to_thread((target / f"{name}.metadata.json").write_text, text)
     return count
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as out:
+        out.write(data)
 
 
 async def restore(database: Database, directory: Path, *, drop: bool) -> dict[str, int]:
@@ -72,24 +87,27 @@ def _dump_folder(directory: Path, database_name: str) -> Path:
 
 
 async def _restore_collection(database: Database, name: str, path: Path) -> int:
-    data = path.read_bytes()
+    data = await asyncio.to_thread(path.read_bytes)
     try:
         documents = bson.decode_all(data)
     except bson.errors.InvalidBSON as exc:
-        raise BackupError(f"{path} is not valid BSON ({exc}); nothing of it was "
-                          "restored") from None
+        raise BackupError(
+            f"{path} is not valid BSON ({exc}); nothing of it was restored"
+        ) from None
     for start in range(0, len(documents), BATCH):
-        batch = documents[start:start + BATCH]
+        batch = documents[start : start + BATCH]
         # replace by _id: restoring the same dump twice changes nothing
         await database[name].bulk_write(
-            [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in batch])
+            [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in batch]
+        )
     return len(documents)
 
 
 async def _restore_indexes(database: Database, name: str, path: Path) -> None:
-    if not path.exists():
+    try:
+        metadata = json_util.loads(await asyncio.to_thread(path.read_text))
+    except FileNotFoundError:
         return
-    metadata = json_util.loads(path.read_text())
     for info in metadata.get("indexes", []):
         if info.get("name") == "_id_":
             continue

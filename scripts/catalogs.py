@@ -61,8 +61,14 @@ def update(language: str, messages: dict[str, list[str]]) -> list[str]:
         text = previous.string if previous is not None else ""
         if language == "en" and not text:
             text = message_id
-        catalog.add(message_id, text, locations=[(w.rsplit(":", 1)[0], int(
-            w.rsplit(":", 1)[1])) for w in messages[message_id][:3]])
+        catalog.add(
+            message_id,
+            text,
+            locations=[
+                (w.rsplit(":", 1)[0], int(w.rsplit(":", 1)[1]))
+                for w in messages[message_id][:3]
+            ],
+        )
         if not text:
             missing.append(message_id)
     path = LOCALE_DIR / language / "LC_MESSAGES" / "messages.po"
@@ -79,7 +85,9 @@ def main() -> int:
     messages = extract()
     if args.check:
         catalog = load("zh_CN")
-        missing = [m for m in messages if not (catalog.get(m) and catalog.get(m).string)]
+        missing = [
+            m for m in messages if not (catalog.get(m) and catalog.get(m).string)
+        ]
         for message in missing:
             print(f"untranslated: {message!r} ({messages[message][0]})")
         return 1 if missing else 0

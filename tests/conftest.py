@@ -22,7 +22,6 @@ from commons.settings import Settings, load_settings
 from web.app import create_app
 
 
-
 @pytest.fixture(scope="session")
 def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     configured = os.environ.get("HUIYUN_TEST_MONGODB_URI")
@@ -39,9 +38,13 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def settings(tmp_path: Path, mongo_uri: str) -> Settings:
     return load_settings(
-        {"data_dir": str(tmp_path / "data"), "mongodb_uri": mongo_uri,
-         "database_name": f"test_{uuid.uuid4().hex[:12]}",
-         "secret_key": "test-secret-key-0123456789", "port": 0},
+        {
+            "data_dir": str(tmp_path / "data"),
+            "mongodb_uri": mongo_uri,
+            "database_name": f"test_{uuid.uuid4().hex[:12]}",
+            "secret_key": "test-secret-key-0123456789",
+            "port": 0,
+        },
         environ={},
     )
 

@@ -15,12 +15,20 @@ CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 async def create_account(
-    database: Database, username: str, role: str, station: str | None = None,
+    database: Database,
+    username: str,
+    role: str,
+    station: str | None = None,
     **options: Any,
 ) -> identity.User:
-    return await identity.create_user(database, username=username,
-                                      password=TEST_PASSWORD, role=role,
-                                      station_code=station, **options)
+    return await identity.create_user(
+        database,
+        username=username,
+        password=TEST_PASSWORD,
+        role=role,
+        station_code=station,
+        **options,
+    )
 
 
 async def csrf_from(client: TestClient[Any, Any], path: str) -> str:
@@ -34,9 +42,16 @@ async def login(
     client: TestClient[Any, Any], username: str, password: str = TEST_PASSWORD
 ) -> None:
     token = await csrf_from(client, "/login")
-    response = await client.post("/login", data={
-        "csrf_token": token, "username": username, "password": password, "next": "/"},
-        allow_redirects=False)
+    response = await client.post(
+        "/login",
+        data={
+            "csrf_token": token,
+            "username": username,
+            "password": password,
+            "next": "/",
+        },
+        allow_redirects=False,
+    )
     assert response.status == 303, await response.text()
 
 

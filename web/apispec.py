@@ -42,12 +42,16 @@ class ApiRegistry:
         paths: dict[str, dict[str, Any]] = {}
         for operation in self.operations:
             paths.setdefault(API_PREFIX + operation.path, {})[
-                operation.method.lower()] = _operation_object(operation)
+                operation.method.lower()
+            ] = _operation_object(operation)
         return {
             "openapi": "3.1.0",
-            "info": {"title": "huiyun API", "version": "1",
-                     "description": "JSON API of huiyun. Authenticate with a "
-                     "personal token: `Authorization: Bearer <token>`."},
+            "info": {
+                "title": "huiyun API",
+                "version": "1",
+                "description": "JSON API of huiyun. Authenticate with a "
+                "personal token: `Authorization: Bearer <token>`.",
+            },
             "servers": [{"url": "/"}],
             "paths": paths,
             "components": {
@@ -61,19 +65,30 @@ class ApiRegistry:
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["error"],
-    "properties": {"error": {"type": "object", "required": ["code", "message"],
-                             "properties": {
-                                 "code": {"type": "string"},
-                                 "message": {"type": "string"},
-                                 "fields": {"type": "object",
-                                            "additionalProperties": {"type": "string"}},
-                             }}},
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "fields": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                },
+            },
+        }
+    },
 }
 
 
 def _operation_object(operation: Operation) -> dict[str, Any]:
-    error = {"description": "error", "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/Error"}}}}
+    error = {
+        "description": "error",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+        },
+    }
     responses: dict[str, Any] = {
         str(operation.success_status): {
             "description": "success",
@@ -82,25 +97,44 @@ def _operation_object(operation: Operation) -> dict[str, Any]:
         "default": error,
     }
     path_parameters = [
-        {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
-        for part in operation.path.split("/") if part.startswith("{")
+        {
+            "name": part[1:-1],
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+        }
+        for part in operation.path.split("/")
+        if part.startswith("{")
     ]
     result: dict[str, Any] = {
         "summary": operation.summary,
         "tags": [operation.tag],
-        "operationId": f"{operation.method.lower()}_{operation.path.strip('/')}"
-        .replace("/", "_").replace("{", "").replace("}", ""),
+        "operationId": _operation_id(operation),
         "parameters": [*path_parameters, *operation.parameters],
         "responses": responses,
     }
     if operation.public:
         result["security"] = []
     if operation.request_schema is not None:
-        result["requestBody"] = {"required": True, "content": {
-            "application/json": {"schema": operation.request_schema}}}
+        result["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": operation.request_schema}},
+        }
     return result
 
 
-def query_parameter(name: str, description: str, schema_type: str = "string") -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False,
-            "description": description, "schema": {"type": schema_type}}
+def _operation_id(operation: Operation) -> str:
+    words = operation.path.strip("/").replace("{", "").replace("}", "")
+    return f"{operation.method.lower()}_{words.replace('/', '_')}"
+
+
+def query_parameter(
+    name: str, description: str, schema_type: str = "string"
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": schema_type},
+    }

@@ -41,12 +41,18 @@ def create_app(
     app[keys.SETTINGS] = settings
     app[keys.TRANSLATIONS] = i18n.load_catalogs()
     app[keys.TEMPLATES] = render.create_environment()
-    app[keys.INDEX_SPECS] = list(kernel_indexes())
+    app[keys.INDEX_SPECS] = [*kernel_indexes()]
     app[keys.STARTUP_HOOKS] = []
     app.cleanup_ctx.append(_database_context(database, demo=demo))
 
-    for setup in (pages.setup, auth.setup, stations_pages.setup, admin.setup,
-                  api.setup, *extra_setups):
+    for setup in (
+        pages.setup,
+        auth.setup,
+        stations_pages.setup,
+        admin.setup,
+        api.setup,
+        *extra_setups,
+    ):
         setup(app)
     app.router.add_static("/static/", STATIC_DIR, name="static", append_version=True)
     return app
@@ -61,7 +67,8 @@ def _database_context(
         app[keys.DATABASE] = database
         if database.embedded_server is not None and not given:
             database.embedded_server.adopt()
-        await database.ensure_indexes(app[keys.INDEX_SPECS])
+        specs: list[IndexSpec] = app[keys.INDEX_SPECS]
+        await database.ensure_indexes(specs)
         seeded = await stations.seed_if_empty(database)
         if seeded is not None:
             logger.info("station network seeded created=%d", seeded.created)

@@ -33,8 +33,10 @@ class CommandError(Exception):
 
 
 def build_parser(plugins: Sequence[ModuleType]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="huiyun", description="huiyun (会孕): remote "
-                                     "consultation and online pregnancy school.")
+    parser = argparse.ArgumentParser(
+        prog="huiyun",
+        description="huiyun (会孕): remote consultation and online pregnancy school.",
+    )
     parser.add_argument("--data-dir", help="data directory (HUIYUN_DATA_DIR)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -42,28 +44,39 @@ def build_parser(plugins: Sequence[ModuleType]) -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (HUIYUN_HOST)")
     serve.add_argument("--port", type=int, help="port to bind (HUIYUN_PORT)")
     serve.add_argument("--data-dir", dest="serve_data_dir", help="data directory")
-    serve.add_argument("--demo", action="store_true",
-                       help="seed one demo account per role and print them")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="seed one demo account per role and print them",
+    )
 
     commands.add_parser("config", help="print the effective settings, secrets masked")
 
     station_cmd = commands.add_parser("stations", help="import or export stations")
     station_actions = station_cmd.add_subparsers(dest="action", required=True)
-    station_actions.add_parser("import", help="load a division CSV, all or nothing") \
-        .add_argument("file", type=Path)
-    station_actions.add_parser("export", help="write the stations as CSV") \
-        .add_argument("file", type=Path)
+    station_actions.add_parser(
+        "import", help="load a division CSV, all or nothing"
+    ).add_argument("file", type=Path)
+    station_actions.add_parser("export", help="write the stations as CSV").add_argument(
+        "file", type=Path
+    )
 
     users = commands.add_parser("users", help="manage accounts")
     user_actions = users.add_subparsers(dest="action", required=True)
     create = user_actions.add_parser("create", help="create an account")
     create.add_argument("--username", required=True)
-    create.add_argument("--role", required=True, choices=[str(r) for r in identity.Role])
+    create.add_argument(
+        "--role", required=True, choices=[str(r) for r in identity.Role]
+    )
     create.add_argument("--station", help="station code (clinicians and experts)")
     create.add_argument("--display-name", default="")
     create.add_argument("--specialties", default="", help="comma-separated")
-    create.add_argument("--password-stdin", action="store_true", required=True,
-                        help="read the password from standard input")
+    create.add_argument(
+        "--password-stdin",
+        action="store_true",
+        required=True,
+        help="read the password from standard input",
+    )
 
     token = commands.add_parser("token", help="personal API tokens")
     token_actions = token.add_subparsers(dest="action", required=True)
@@ -71,13 +84,16 @@ def build_parser(plugins: Sequence[ModuleType]) -> argparse.ArgumentParser:
     token_create.add_argument("--username", required=True)
     token_create.add_argument("--name", default="command line")
 
-    commands.add_parser("backup", help="dump the database (mongodump layout)") \
-        .add_argument("dir", type=Path)
-    restore = commands.add_parser("restore", help="load a dump made by backup or "
-                                  "mongodump")
+    commands.add_parser(
+        "backup", help="dump the database (mongodump layout)"
+    ).add_argument("dir", type=Path)
+    restore = commands.add_parser(
+        "restore", help="load a dump made by backup or mongodump"
+    )
     restore.add_argument("dir", type=Path)
-    restore.add_argument("--drop", action="store_true",
-                         help="empty each collection before loading it")
+    restore.add_argument(
+        "--drop", action="store_true", help="empty each collection before loading it"
+    )
 
     for plugin in plugins:
         plugin.add_commands(commands)
@@ -115,9 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _settings(args: argparse.Namespace) -> Settings:
     data_dir = getattr(args, "serve_data_dir", None) or args.data_dir
-    overrides: dict[str, Any] = {"data_dir": data_dir,
-                                 "host": getattr(args, "host", None),
-                                 "port": getattr(args, "port", None)}
+    overrides: dict[str, Any] = {
+        "data_dir": data_dir,
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+    }
     return load_settings(overrides)
 
 
@@ -147,6 +165,7 @@ def _with_database(
 
 # serve
 
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from web.server import run_server
 
@@ -165,8 +184,10 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         listener.close()
         if exc.errno == errno.EADDRINUSE:
-            raise CommandError(f"port {port} on {host} is already in use; stop the "
-                               "other server or pass --port") from None
+            raise CommandError(
+                f"port {port} on {host} is already in use; stop the "
+                "other server or pass --port"
+            ) from None
         raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     listener.listen(512)
     return listener
@@ -183,6 +204,7 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 # stations
 
+
 def cmd_stations(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "import":
         try:
@@ -196,14 +218,24 @@ def cmd_stations(args: argparse.Namespace, settings: Settings) -> int:
             except stations.StationFileError as exc:
                 for error in exc.errors:
                     print(f"{args.file}:{error.line}: {error.message}", file=sys.stderr)
-                print(f"huiyun: error: {len(exc.errors)} bad line(s); nothing was "
-                      "imported", file=sys.stderr)
+                print(
+                    f"huiyun: error: {len(exc.errors)} bad line(s); nothing was "
+                    "imported",
+                    file=sys.stderr,
+                )
                 return 1
-            await record(database, Actor.system("cli"), "stations.imported",
-                         object_kind="stations", object_id=str(args.file.name),
-                         detail={"created": result.created, "updated": result.updated})
-            print(f"imported: {result.created} created, {result.updated} updated, "
-                  f"{result.unchanged} unchanged")
+            await record(
+                database,
+                Actor.system("cli"),
+                "stations.imported",
+                object_kind="stations",
+                object_id=str(args.file.name),
+                detail={"created": result.created, "updated": result.updated},
+            )
+            print(
+                f"imported: {result.created} created, {result.updated} updated, "
+                f"{result.unchanged} unchanged"
+            )
             return 0
 
         return _with_database(settings, do_import)
@@ -222,27 +254,43 @@ def cmd_stations(args: argparse.Namespace, settings: Settings) -> int:
 
 # accounts and tokens
 
+
 def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
     password = sys.stdin.readline().rstrip("\r\n")
     if not password:
-        raise CommandError("no password on standard input; pipe it in, e.g. "
-                           "`printf '%s' \"$PW\" | huiyun users create ...`")
+        raise CommandError(
+            "no password on standard input; pipe it in, e.g. "
+            "`printf '%s' \"$PW\" | huiyun users create ...`"
+        )
 
     async def create(database: Database) -> int:
         await stations.seed_if_empty(database)
         specialties = tuple(s.strip() for s in args.specialties.split(",") if s.strip())
         try:
             user = await identity.create_user(
-                database, username=args.username, password=password, role=args.role,
-                station_code=args.station, display_name=args.display_name,
-                specialties=specialties)
+                database,
+                username=args.username,
+                password=password,
+                role=args.role,
+                station_code=args.station,
+                display_name=args.display_name,
+                specialties=specialties,
+            )
         except HuiyunError as exc:
             fields = getattr(exc, "field_errors", None)
-            message = "; ".join(f"{k}: {v}" for k, v in fields.items()) if fields \
+            message = (
+                "; ".join(f"{k}: {v}" for k, v in fields.items())
+                if fields
                 else exc.message
+            )
             raise CommandError(message) from None
-        await record(database, Actor.system("cli"), "account.created",
-                     object_kind="account", object_id=user.id)
+        await record(
+            database,
+            Actor.system("cli"),
+            "account.created",
+            object_kind="account",
+            object_id=user.id,
+        )
         print(f"created {user.role} {user.username} id={user.id}")
         return 0
 
@@ -255,8 +303,13 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
         if user is None:
             raise CommandError(f"no account with username {args.username!r}")
         token_id, token = await identity.create_api_token(database, user.id, args.name)
-        await record(database, Actor.system("cli"), "token.created",
-                     object_kind="api_token", object_id=token_id)
+        await record(
+            database,
+            Actor.system("cli"),
+            "token.created",
+            object_kind="api_token",
+            object_id=token_id,
+        )
         print(token)
         return 0
 
@@ -265,13 +318,16 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 # backup
 
+
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     from commons import backup
 
     async def dump(database: Database) -> int:
         counts = await backup.dump(database, args.dir)
-        print(f"backed up {sum(counts.values())} documents in {len(counts)} "
-              f"collections to {args.dir}")
+        print(
+            f"backed up {sum(counts.values())} documents in {len(counts)} "
+            f"collections to {args.dir}"
+        )
         return 0
 
     return _with_database(settings, dump)

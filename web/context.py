@@ -29,8 +29,6 @@ class RequestState:
     new_anonymous_csrf: bool = False
 
 
-
-
 STATE = web.RequestKey("huiyun_state", RequestState)
 
 
@@ -79,7 +77,9 @@ def csrf_token(request: web.Request) -> str:
     if current.session is not None:
         return current.session.csrf_token
     if current.anonymous_csrf is None:
-        current.anonymous_csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+        current.anonymous_csrf = request.cookies.get(
+            CSRF_COOKIE
+        ) or secrets.token_urlsafe(24)
         current.new_anonymous_csrf = CSRF_COOKIE not in request.cookies
     return current.anonymous_csrf
 
@@ -97,4 +97,6 @@ def is_secure(request: web.Request) -> bool:
     if request.secure:
         return True
     settings = request.app[keys.SETTINGS]
-    return settings.trust_forwarded and request.headers.get("X-Forwarded-Proto") == "https"
+    return (
+        settings.trust_forwarded and request.headers.get("X-Forwarded-Proto") == "https"
+    )

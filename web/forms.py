@@ -14,8 +14,10 @@ MAX_FIELD_CHARS = 10_000
 
 async def form_data(request: web.Request) -> dict[str, str]:
     """A url-encoded form as plain strings; repeated keys keep the last value."""
-    if request.content_type not in ("application/x-www-form-urlencoded",
-                                    "multipart/form-data"):
+    if request.content_type not in (
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ):
         raise BadRequest(f"expected a form, got content type {request.content_type!r}")
     try:
         form = await request.post()
@@ -31,8 +33,9 @@ async def form_data(request: web.Request) -> dict[str, str]:
 async def json_body(request: web.Request) -> dict[str, Any]:
     """A JSON object body; 400 when it is not JSON or not an object."""
     if request.content_type != "application/json":
-        raise BadRequest("expected Content-Type: application/json, got "
-                         f"{request.content_type!r}")
+        raise BadRequest(
+            f"expected Content-Type: application/json, got {request.content_type!r}"
+        )
     raw = await request.read()
     try:
         body = json.loads(raw)
@@ -45,6 +48,11 @@ async def json_body(request: web.Request) -> dict[str, Any]:
 
 def safe_next(target: str | None, default: str = "/") -> str:
     """A same-site path to return to after login; anything else goes home."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    if (
+        not target
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+    ):
         return default
     return target

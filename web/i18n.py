@@ -30,8 +30,13 @@ def N_(message: str) -> str:
 
 # names that templates translate by value: roles and station levels
 DYNAMIC_MESSAGES = (
-    N_("admin"), N_("clinician"), N_("expert"), N_("couple"),
-    N_("city"), N_("district"), N_("street"),
+    N_("admin"),
+    N_("clinician"),
+    N_("expert"),
+    N_("couple"),
+    N_("city"),
+    N_("district"),
+    N_("street"),
     N_("too many failed logins; wait 15 minutes and try again"),
 )
 

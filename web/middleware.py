@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from commons import identity
 from commons.errors import HuiyunError, Invalid, RateLimited, Unauthenticated
@@ -19,7 +20,6 @@ from web.context import (
     CSRF_COOKIE,
     LANGUAGE_COOKIE,
     SESSION_COOKIE,
-    client_address,
     gettext,
     is_api,
     is_secure,
@@ -33,19 +33,21 @@ error_logger = logging.getLogger("web.error")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-CONTENT_SECURITY_POLICY = "; ".join((
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data: blob:",
-    "media-src 'self' blob:",
-    "connect-src 'self' ws: wss:",
-    "font-src 'self'",
-    "object-src 'none'",
-    "base-uri 'self'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-))
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "media-src 'self' blob:",
+        "connect-src 'self' ws: wss:",
+        "font-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
 
 
 @web.middleware
@@ -63,8 +65,11 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
         user = state(request).user
         logger.info(
             "request method=%s path=%s status=%s ms=%.1f user=%s",
-            request.method, request.path, status,
-            (time.perf_counter() - started) * 1000, user.id if user else "-",
+            request.method,
+            request.path,
+            status,
+            (time.perf_counter() - started) * 1000,
+            user.id if user else "-",
         )
 
 
@@ -87,14 +92,25 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _http_error(request, exc)
     except Exception:
         error_id = secrets.token_hex(6)
-        error_logger.exception("unhandled error error_id=%s path=%s", error_id, request.path)
+        error_logger.exception(
+            "unhandled error error_id=%s path=%s", error_id, request.path
+        )
         if is_api(request):
-            return _json_error(request, 500, "internal_error",
-                               f"internal error; quote error id {error_id}")
+            return _json_error(
+                request,
+                500,
+                "internal_error",
+                f"internal error; quote error id {error_id}",
+            )
         translate = gettext(request)
-        return render_html(request, "error.html", status=500, error_status=500,
-                           message=translate("Something went wrong on our side."),
-                           error_id=error_id)
+        return render_html(
+            request,
+            "error.html",
+            status=500,
+            error_status=500,
+            message=translate("Something went wrong on our side."),
+            error_id=error_id,
+        )
 
 
 def _error_response(request: web.Request, exc: HuiyunError) -> web.StreamResponse:
@@ -102,14 +118,25 @@ def _error_response(request: web.Request, exc: HuiyunError) -> web.StreamRespons
     if isinstance(exc, RateLimited):
         headers["Retry-After"] = str(exc.retry_after_seconds)
     if is_api(request):
-        response = _json_error(request, exc.status, exc.code, exc.message,
-                               fields=getattr(exc, "field_errors", None))
+        response = _json_error(
+            request,
+            exc.status,
+            exc.code,
+            exc.message,
+            fields=getattr(exc, "field_errors", None),
+        )
     else:
         translate = gettext(request)
         fields = exc.field_errors if isinstance(exc, Invalid) else {}
-        response = render_html(request, "error.html", status=exc.status,
-                               error_status=exc.status, message=translate(exc.message),
-                               field_errors=fields, error_id=None)
+        response = render_html(
+            request,
+            "error.html",
+            status=exc.status,
+            error_status=exc.status,
+            message=translate(exc.message),
+            field_errors=fields,
+            error_id=None,
+        )
     response.headers.update(headers)
     return response
 
@@ -126,15 +153,28 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.StreamRespo
     custom = exc.text if exc.text and exc.text != default_text else None
     message = custom or messages.get(exc.status, exc.reason)
     if is_api(request):
-        code = {404: "not_found", 403: "forbidden", 405: "method_not_allowed",
-                413: "too_large"}.get(exc.status, "error")
+        code = {
+            404: "not_found",
+            403: "forbidden",
+            405: "method_not_allowed",
+            413: "too_large",
+        }.get(exc.status, "error")
         return _json_error(request, exc.status, code, message)
-    return render_html(request, "error.html", status=exc.status,
-                       error_status=exc.status, message=message, error_id=None)
+    return render_html(
+        request,
+        "error.html",
+        status=exc.status,
+        error_status=exc.status,
+        message=message,
+        error_id=None,
+    )
 
 
 def _json_error(
-    request: web.Request, status: int, code: str, message: str,
+    request: web.Request,
+    status: int,
+    code: str,
+    message: str,
     fields: dict[str, str] | None = None,
 ) -> web.Response:
     body: dict[str, object] = {"code": code, "message": message}
@@ -144,7 +184,9 @@ def _json_error(
 
 
 @web.middleware
-async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def security_headers(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -160,16 +202,23 @@ def _add_security_headers(request: web.Request, response: web.StreamResponse) ->
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "same-origin")
     headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Permissions-Policy",
-                       "camera=(self), microphone=(self), display-capture=(self)")
+    headers.setdefault(
+        "Permissions-Policy", "camera=(self), microphone=(self), display-capture=(self)"
+    )
     if is_secure(request):
         headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     if state(request).user is not None:
         headers.setdefault("Cache-Control", "no-store")
     current = state(request)
     if current.new_anonymous_csrf and current.anonymous_csrf and not response.prepared:
-        response.set_cookie(CSRF_COOKIE, current.anonymous_csrf, httponly=True,
-                            samesite="Lax", secure=is_secure(request), path="/")
+        response.set_cookie(
+            CSRF_COOKIE,
+            current.anonymous_csrf,
+            httponly=True,
+            samesite="Lax",
+            secure=is_secure(request),
+            path="/",
+        )
 
 
 @web.middleware
@@ -189,7 +238,8 @@ async def authentication(request: web.Request, handler: Handler) -> web.StreamRe
         current.user, current.via_token = user, True
     elif cookie := request.cookies.get(SESSION_COOKIE):
         resumed = await identity.resume_session(
-            database, cookie, idle_minutes=settings.session_idle_minutes)
+            database, cookie, idle_minutes=settings.session_idle_minutes
+        )
         if resumed is not None:
             current.user, current.session = resumed
     current.language = _language(request)
@@ -214,8 +264,11 @@ async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method not in UNSAFE_METHODS or current.via_token:
         return await handler(request)
     _check_origin(request)
-    expected = (current.session.csrf_token if current.session is not None
-                else request.cookies.get(CSRF_COOKIE))
+    expected = (
+        current.session.csrf_token
+        if current.session is not None
+        else request.cookies.get(CSRF_COOKIE)
+    )
     supplied = request.headers.get("X-CSRF-Token") or request.query.get("csrf_token")
     # multipart bodies may be large uploads: they carry the token in the header
     # or query string so the body is streamed by the handler, not read here
@@ -225,8 +278,12 @@ async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not expected or not supplied or not hmac.compare_digest(expected, supplied):
         logger.warning("csrf rejected method=%s path=%s", request.method, request.path)
         translate = gettext(request)
-        raise web.HTTPForbidden(text=translate(
-            "The form expired or came from another site. Reload the page and try again."))
+        raise web.HTTPForbidden(
+            text=translate(
+                "The form expired or came from another site. "
+                "Reload the page and try again."
+            )
+        )
     return await handler(request)
 
 
@@ -238,5 +295,5 @@ def _check_origin(request: web.Request) -> None:
         raise web.HTTPForbidden(text="cross-origin request refused")
 
 
-def stack() -> list[Handler]:
-    return [request_log, security_headers, errors, authentication, csrf]  # type: ignore[list-item]
+def stack() -> list[Middleware]:
+    return [request_log, security_headers, errors, authentication, csrf]

@@ -57,5 +57,6 @@ def render_html(
 ) -> web.Response:
     environment = request.app[keys.TEMPLATES]
     body = environment.get_template(template).render(**page_globals(request), **context)
-    return web.Response(text=body, status=status, content_type="text/html",
-                        charset="utf-8")
+    return web.Response(
+        text=body, status=status, content_type="text/html", charset="utf-8"
+    )

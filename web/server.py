@@ -18,8 +18,9 @@ logger = logging.getLogger(__name__)
 
 async def run_server(settings: Settings, listener: socket.socket, *, demo: bool) -> int:
     app = create_app(settings, demo=demo)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=10.0)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=10.0
+    )
     try:
         await runner.setup()
     except DatabaseUnavailable:
@@ -28,8 +29,9 @@ async def run_server(settings: Settings, listener: socket.socket, *, demo: bool)
     site = web.SockSite(runner, listener)
     await site.start()
     host, port = listener.getsockname()[:2]
-    logger.info("huiyun serving url=http://%s:%s data_dir=%s", host, port,
-                settings.data_dir)
+    logger.info(
+        "huiyun serving url=http://%s:%s data_dir=%s", host, port, settings.data_dir
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

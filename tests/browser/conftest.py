@@ -30,7 +30,8 @@ CHROMIUM_ARGS = [
 async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
         try:
             yield launched
         finally:
@@ -40,7 +41,9 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest.fixture
 async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
     """A fresh profile; Chinese first, like the network's users."""
-    ctx = await browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 800})
+    ctx = await browser.new_context(
+        locale="zh-CN", viewport={"width": 1280, "height": 800}
+    )
     try:
         yield ctx
     finally:

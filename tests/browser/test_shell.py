@@ -70,8 +70,9 @@ async def test_every_role_logs_in_on_a_phone(
     await create_account(seeded, "p-couple", "couple")
     base = live_url(client)
     for username in ("p-admin", "p-clin", "p-expert", "p-couple"):
-        phone = await browser.new_context(locale="zh-CN",
-                                          viewport={"width": 360, "height": 740})
+        phone = await browser.new_context(
+            locale="zh-CN", viewport={"width": 360, "height": 740}
+        )
         page = await phone.new_page()
         await log_in(page, base, username)
         width = await page.evaluate("document.documentElement.scrollWidth")

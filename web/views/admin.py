@@ -30,8 +30,10 @@ def _user_filter(query: dict[str, str]) -> dict[str, Any]:
         conditions["station_path"] = query["station"].strip()
     if query.get("q"):
         pattern = re.escape(query["q"].strip()[:40])
-        conditions["$or"] = [{"username": {"$regex": pattern}},
-                             {"display_name": {"$regex": pattern}}]
+        conditions["$or"] = [
+            {"username": {"$regex": pattern}},
+            {"display_name": {"$regex": pattern}},
+        ]
     return conditions
 
 
@@ -39,27 +41,53 @@ async def users_page(request: web.Request) -> web.Response:
     require_user(request, Role.ADMIN)
     database = request.app[keys.DATABASE]
     query = dict(request.query)
-    page = max(int(query.get("page", "1")) if query.get("page", "1").isdigit() else 1, 1)
-    cursor = (database[identity.USERS].find(_user_filter(query), {"password_hash": 0})
-              .sort("username", 1).skip((page - 1) * PAGE_SIZE).limit(PAGE_SIZE + 1))
+    page = max(
+        int(query.get("page", "1")) if query.get("page", "1").isdigit() else 1, 1
+    )
+    cursor = (
+        database[identity.USERS]
+        .find(_user_filter(query), {"password_hash": 0})
+        .sort("username", 1)
+        .skip((page - 1) * PAGE_SIZE)
+        .limit(PAGE_SIZE + 1)
+    )
     rows = [identity.User.from_document(doc) async for doc in cursor]
-    return render_html(request, "admin/users.html", users=rows[:PAGE_SIZE],
-                       query=query, page=page, has_more=len(rows) > PAGE_SIZE,
-                       roles=list(Role))
+    return render_html(
+        request,
+        "admin/users.html",
+        users=rows[:PAGE_SIZE],
+        query=query,
+        page=page,
+        has_more=len(rows) > PAGE_SIZE,
+        roles=list(Role),
+    )
 
 
 async def new_user_page(request: web.Request) -> web.Response:
     require_user(request, Role.ADMIN)
-    return render_html(request, "admin/user_form.html", account=None, errors={},
-                       values={}, roles=list(Role), temporary_password=None)
+    return render_html(
+        request,
+        "admin/user_form.html",
+        account=None,
+        errors={},
+        values={},
+        roles=list(Role),
+        temporary_password=None,
+    )
 
 
 def _account_fields(form: dict[str, str]) -> dict[str, Any]:
-    specialties = tuple(s.strip() for s in re.split(r"[,，、]", form.get("specialties", ""))
-                        if s.strip())
-    return {"display_name": form.get("display_name", "").strip()[:40],
-            "role": form.get("role", ""), "station_code": form.get("station_code", "").strip()
-            or None, "specialties": specialties[:10]}
+    specialties = tuple(
+        s.strip()
+        for s in re.split(r"[,，、]", form.get("specialties", ""))
+        if s.strip()
+    )
+    return {
+        "display_name": form.get("display_name", "").strip()[:40],
+        "role": form.get("role", ""),
+        "station_code": form.get("station_code", "").strip() or None,
+        "specialties": specialties[:10],
+    }
 
 
 async def create_user(request: web.Request) -> web.Response:
@@ -70,26 +98,55 @@ async def create_user(request: web.Request) -> web.Response:
     temporary = secrets.token_urlsafe(9)
     try:
         account = await identity.create_user(
-            database, username=form.get("username", ""), password=temporary, **fields)
+            database, username=form.get("username", ""), password=temporary, **fields
+        )
     except (Invalid, Conflict) as exc:
-        errors = (exc.field_errors if isinstance(exc, Invalid)
-                  else {"username": exc.message})
-        return render_html(request, "admin/user_form.html", status=exc.status,
-                           account=None, errors=errors, values=form, roles=list(Role),
-                           temporary_password=None)
-    await audit.record(database, actor(request), "account.created",
-                       object_kind="account", object_id=account.id)
-    return render_html(request, "admin/user_form.html", status=201, account=account,
-                       errors={}, values={}, roles=list(Role),
-                       temporary_password=temporary)
+        errors = (
+            exc.field_errors if isinstance(exc, Invalid) else {"username": exc.message}
+        )
+        return render_html(
+            request,
+            "admin/user_form.html",
+            status=exc.status,
+            account=None,
+            errors=errors,
+            values=form,
+            roles=list(Role),
+            temporary_password=None,
+        )
+    await audit.record(
+        database,
+        actor(request),
+        "account.created",
+        object_kind="account",
+        object_id=account.id,
+    )
+    return render_html(
+        request,
+        "admin/user_form.html",
+        status=201,
+        account=account,
+        errors={},
+        values={},
+        roles=list(Role),
+        temporary_password=temporary,
+    )
 
 
 async def edit_user_page(request: web.Request) -> web.Response:
     require_user(request, Role.ADMIN)
-    account = await identity.get_user(request.app[keys.DATABASE],
-                                      request.match_info["user_id"])
-    return render_html(request, "admin/user_form.html", account=account, errors={},
-                       values={}, roles=list(Role), temporary_password=None)
+    account = await identity.get_user(
+        request.app[keys.DATABASE], request.match_info["user_id"]
+    )
+    return render_html(
+        request,
+        "admin/user_form.html",
+        account=account,
+        errors={},
+        values={},
+        roles=list(Role),
+        temporary_password=None,
+    )
 
 
 async def update_user(request: web.Request) -> web.Response:
@@ -108,17 +165,28 @@ async def update_user(request: web.Request) -> web.Response:
             errors["station"] = f"a {role} belongs to a station"
     if not errors:
         try:
-            await identity.update_user(database, account.id, {
-                **fields, "disabled": form.get("disabled") == "on"})
+            await identity.update_user(
+                database,
+                account.id,
+                {**fields, "disabled": form.get("disabled") == "on"},
+            )
         except NotFound:
             errors["station"] = f"no station with code {fields['station_code']!r}"
     if errors:
-        return render_html(request, "admin/user_form.html", status=422,
-                           account=account, errors=errors, values=form,
-                           roles=list(Role), temporary_password=None)
+        return render_html(
+            request,
+            "admin/user_form.html",
+            status=422,
+            account=account,
+            errors=errors,
+            values=form,
+            roles=list(Role),
+            temporary_password=None,
+        )
     action = "account.disabled" if form.get("disabled") == "on" else "account.updated"
-    await audit.record(database, actor(request), action, object_kind="account",
-                       object_id=account.id)
+    await audit.record(
+        database, actor(request), action, object_kind="account", object_id=account.id
+    )
     raise web.HTTPSeeOther(f"/admin/users/{account.id}")
 
 
@@ -128,10 +196,22 @@ async def reset_password(request: web.Request) -> web.Response:
     account = await identity.get_user(database, request.match_info["user_id"])
     temporary = secrets.token_urlsafe(9)
     await identity.set_password(database, account.id, temporary)
-    await audit.record(database, actor(request), "account.password_reset",
-                       object_kind="account", object_id=account.id)
-    return render_html(request, "admin/user_form.html", account=account, errors={},
-                       values={}, roles=list(Role), temporary_password=temporary)
+    await audit.record(
+        database,
+        actor(request),
+        "account.password_reset",
+        object_kind="account",
+        object_id=account.id,
+    )
+    return render_html(
+        request,
+        "admin/user_form.html",
+        account=account,
+        errors={},
+        values={},
+        roles=list(Role),
+        temporary_password=temporary,
+    )
 
 
 def _parse_day(text: str, field: str, errors: dict[str, str]) -> datetime | None:
@@ -159,28 +239,44 @@ def _audit_query(request: web.Request) -> tuple[audit.AuditQuery, dict[str, str]
         action=query.get("action", "").strip()[:64],
         object_kind=query.get("object_kind", "").strip()[:64],
         object_id=query.get("object_id", "").strip()[:64],
-        since=since, until=until), dict(query)
+        since=since,
+        until=until,
+    ), dict(query)
 
 
 async def audit_page(request: web.Request) -> web.Response:
     require_user(request, Role.ADMIN)
     audit_query, raw = _audit_query(request)
     page = int(raw["page"]) if raw.get("page", "").isdigit() else 1
-    records = await audit.search(request.app[keys.DATABASE], audit_query,
-                                 limit=PAGE_SIZE + 1, offset=(max(page, 1) - 1) * PAGE_SIZE)
-    return render_html(request, "admin/audit.html", records=records[:PAGE_SIZE],
-                       query=raw, page=max(page, 1), has_more=len(records) > PAGE_SIZE)
+    records = await audit.search(
+        request.app[keys.DATABASE],
+        audit_query,
+        limit=PAGE_SIZE + 1,
+        offset=(max(page, 1) - 1) * PAGE_SIZE,
+    )
+    return render_html(
+        request,
+        "admin/audit.html",
+        records=records[:PAGE_SIZE],
+        query=raw,
+        page=max(page, 1),
+        has_more=len(records) > PAGE_SIZE,
+    )
 
 
 async def audit_export(request: web.Request) -> web.StreamResponse:
     require_user(request, Role.ADMIN)
     audit_query, _ = _audit_query(request)
     database = request.app[keys.DATABASE]
-    await audit.record(database, actor(request), "audit.exported",
-                       object_kind="audit", object_id="-")
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/csv; charset=utf-8",
-        "Content-Disposition": 'attachment; filename="huiyun-audit.csv"'})
+    await audit.record(
+        database, actor(request), "audit.exported", object_kind="audit", object_id="-"
+    )
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": 'attachment; filename="huiyun-audit.csv"',
+        }
+    )
     await response.prepare(request)
     # a byte-order mark so spreadsheet programs read the Chinese text as UTF-8
     await response.write("\ufeff".encode())

@@ -27,8 +27,13 @@ EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s]{2,}$")
 
 
 async def login_page(request: web.Request) -> web.Response:
-    return render_html(request, "login.html", error=None, username="",
-                       next=safe_next(request.query.get("next")))
+    return render_html(
+        request,
+        "login.html",
+        error=None,
+        username="",
+        next=safe_next(request.query.get("next")),
+    )
 
 
 async def login(request: web.Request) -> web.Response:
@@ -40,47 +45,87 @@ async def login(request: web.Request) -> web.Response:
     translate = gettext(request)
     try:
         user = await identity.authenticate(
-            database, username, form.get("password", ""),
+            database,
+            username,
+            form.get("password", ""),
             address=client_address(request),
             per_account=settings.login_failures_per_account,
-            per_address=settings.login_failures_per_address)
+            per_address=settings.login_failures_per_address,
+        )
     except RateLimited as exc:
-        await audit.record(database, actor(request), "login.throttled",
-                           object_kind="account", object_id=username[:64],
-                           outcome="refused")
-        return _login_error(request, translate(exc.message), username, target, 429,
-                            retry_after=exc.retry_after_seconds)
+        await audit.record(
+            database,
+            actor(request),
+            "login.throttled",
+            object_kind="account",
+            object_id=username[:64],
+            outcome="refused",
+        )
+        return _login_error(
+            request,
+            translate(exc.message),
+            username,
+            target,
+            429,
+            retry_after=exc.retry_after_seconds,
+        )
     except identity.LoginRefused:
-        await audit.record(database, actor(request), "login.failed",
-                           object_kind="account", object_id=username[:64],
-                           outcome="refused")
+        await audit.record(
+            database,
+            actor(request),
+            "login.failed",
+            object_kind="account",
+            object_id=username[:64],
+            outcome="refused",
+        )
         # one message whether the account exists or not
-        return _login_error(request, translate("Wrong username or password."),
-                            username, target, 401)
+        return _login_error(
+            request, translate("Wrong username or password."), username, target, 401
+        )
 
     await identity.clear_failures(database, username)
     old_cookie = request.cookies.get(SESSION_COOKIE)
     if old_cookie:
         await identity.end_session(database, old_cookie)
     session = await identity.start_session(
-        database, user, address=client_address(request),
-        max_hours=settings.session_max_hours)
+        database,
+        user,
+        address=client_address(request),
+        max_hours=settings.session_max_hours,
+    )
     state(request).user = user
-    await audit.record(database, actor(request), "login", object_kind="account",
-                       object_id=user.id)
+    await audit.record(
+        database, actor(request), "login", object_kind="account", object_id=user.id
+    )
     response = web.HTTPSeeOther(target)
-    response.set_cookie(SESSION_COOKIE, session.token, httponly=True, samesite="Lax",
-                        secure=is_secure(request), path="/",
-                        max_age=settings.session_max_hours * 3600)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session.token,
+        httponly=True,
+        samesite="Lax",
+        secure=is_secure(request),
+        path="/",
+        max_age=settings.session_max_hours * 3600,
+    )
     raise response
 
 
 def _login_error(
-    request: web.Request, message: str, username: str, target: str, status: int,
+    request: web.Request,
+    message: str,
+    username: str,
+    target: str,
+    status: int,
     retry_after: int | None = None,
 ) -> web.Response:
-    response = render_html(request, "login.html", status=status, error=message,
-                           username=username, next=target)
+    response = render_html(
+        request,
+        "login.html",
+        status=status,
+        error=message,
+        username=username,
+        next=target,
+    )
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
     return response
@@ -89,10 +134,16 @@ def _login_error(
 async def logout(request: web.Request) -> web.Response:
     cookie = request.cookies.get(SESSION_COOKIE)
     database = request.app[keys.DATABASE]
+    user = state(request).user
     if cookie:
-        if state(request).user is not None:
-            await audit.record(database, actor(request), "logout",
-                               object_kind="account", object_id=state(request).user.id)
+        if user is not None:
+            await audit.record(
+                database,
+                actor(request),
+                "logout",
+                object_kind="account",
+                object_id=user.id,
+            )
         await identity.end_session(database, cookie)
     response = web.HTTPSeeOther("/login")
     response.del_cookie(SESSION_COOKIE, path="/")
@@ -113,10 +164,13 @@ async def change_password(request: web.Request) -> web.Response:
     errors: dict[str, str] = {}
     try:
         await identity.authenticate(
-            database, user.username, form.get("current_password", ""),
+            database,
+            user.username,
+            form.get("current_password", ""),
             address=client_address(request),
             per_account=settings.login_failures_per_account,
-            per_address=settings.login_failures_per_address)
+            per_address=settings.login_failures_per_address,
+        )
     except identity.LoginRefused:
         errors["current_password"] = translate("The current password is wrong.")
     if form.get("new_password", "") != form.get("confirm_password", ""):
@@ -125,12 +179,20 @@ async def change_password(request: web.Request) -> web.Response:
         try:
             await identity.set_password(database, user.id, form.get("new_password", ""))
         except Invalid as exc:
-            errors.update({"new_password": translate(m) for m in exc.field_errors.values()})
+            errors["new_password"] = "; ".join(
+                translate(m) for m in exc.field_errors.values()
+            )
     if errors:
-        return render_html(request, "password.html", status=422, errors=errors,
-                           done=False)
-    await audit.record(database, actor(request), "password.changed",
-                       object_kind="account", object_id=user.id)
+        return render_html(
+            request, "password.html", status=422, errors=errors, done=False
+        )
+    await audit.record(
+        database,
+        actor(request),
+        "password.changed",
+        object_kind="account",
+        object_id=user.id,
+    )
     # every session ended, this one too: log in again with the new password
     response = web.HTTPSeeOther("/login")
     response.del_cookie(SESSION_COOKIE, path="/")
@@ -153,34 +215,53 @@ async def register(request: web.Request) -> web.Response:
     elif EMAIL_PATTERN.match(contact):
         email = contact
     else:
-        errors["contact"] = translate("Enter an 11-digit mobile number or an email "
-                                      "address.")
+        errors["contact"] = translate(
+            "Enter an 11-digit mobile number or an email address."
+        )
     if form.get("password", "") != form.get("confirm_password", ""):
         errors["confirm_password"] = translate("The two passwords differ.")
     values = {"contact": contact, "display_name": form.get("display_name", "")}
     if errors:
-        return render_html(request, "register.html", status=422, errors=errors,
-                           values=values)
+        return render_html(
+            request, "register.html", status=422, errors=errors, values=values
+        )
     database = request.app[keys.DATABASE]
     try:
         user = await identity.create_user(
-            database, username=contact, password=form.get("password", ""),
-            role=Role.COUPLE, display_name=form.get("display_name", "")[:40],
-            phone=phone, email=email)
+            database,
+            username=contact,
+            password=form.get("password", ""),
+            role=Role.COUPLE,
+            display_name=form.get("display_name", "")[:40],
+            phone=phone,
+            email=email,
+        )
     except Invalid as exc:
-        errors = {("contact" if k == "username" else k): translate(v)
-                  for k, v in exc.field_errors.items()}
-        return render_html(request, "register.html", status=422, errors=errors,
-                           values=values)
+        errors = {
+            ("contact" if k == "username" else k): translate(v)
+            for k, v in exc.field_errors.items()
+        }
+        return render_html(
+            request, "register.html", status=422, errors=errors, values=values
+        )
     except Conflict:
         # say the same as for a free name would leak who is registered;
         # here the person must know, so say it plainly but without details
-        errors = {"contact": translate("This phone number or email is already "
-                                       "registered. Log in instead.")}
-        return render_html(request, "register.html", status=409, errors=errors,
-                           values=values)
-    await audit.record(database, actor(request), "account.registered",
-                       object_kind="account", object_id=user.id)
+        errors = {
+            "contact": translate(
+                "This phone number or email is already registered. Log in instead."
+            )
+        }
+        return render_html(
+            request, "register.html", status=409, errors=errors, values=values
+        )
+    await audit.record(
+        database,
+        actor(request),
+        "account.registered",
+        object_kind="account",
+        object_id=user.id,
+    )
     raise web.HTTPSeeOther("/login?registered=1")
 
 
@@ -195,9 +276,15 @@ async def create_token(request: web.Request) -> web.Response:
     form = await form_data(request)
     database = request.app[keys.DATABASE]
     token_id, token = await identity.create_api_token(
-        database, user.id, form.get("name", ""))
-    await audit.record(database, actor(request), "token.created",
-                       object_kind="api_token", object_id=token_id)
+        database, user.id, form.get("name", "")
+    )
+    await audit.record(
+        database,
+        actor(request),
+        "token.created",
+        object_kind="api_token",
+        object_id=token_id,
+    )
     tokens = await identity.list_api_tokens(database, user.id)
     return render_html(request, "tokens.html", tokens=tokens, new_token=token)
 
@@ -207,8 +294,13 @@ async def revoke_token(request: web.Request) -> web.Response:
     database = request.app[keys.DATABASE]
     token_id = request.match_info["token_id"]
     await identity.revoke_api_token(database, user.id, token_id)
-    await audit.record(database, actor(request), "token.revoked",
-                       object_kind="api_token", object_id=token_id)
+    await audit.record(
+        database,
+        actor(request),
+        "token.revoked",
+        object_kind="api_token",
+        object_id=token_id,
+    )
     raise web.HTTPSeeOther("/account/tokens")
 
 

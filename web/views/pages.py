@@ -21,8 +21,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     database = request.app.get(keys.DATABASE)
     if database is None or not await database.ping():
-        return web.json_response({"status": "unavailable", "database": "down"},
-                                 status=503)
+        return web.json_response(
+            {"status": "unavailable", "database": "down"}, status=503
+        )
     return web.json_response({"status": "ok", "database": "up"})
 
 
@@ -37,9 +38,11 @@ async def home(request: web.Request) -> web.Response:
         stations_in_scope = database["stations"]
         for level in ("city", "district", "street"):
             counts[level] = await stations_in_scope.count_documents(
-                {**scope.station_filter(), "level": level})
+                {**scope.station_filter(), "level": level}
+            )
         counts["staff"] = await database[identity.USERS].count_documents(
-            scope.restrict({"role": {"$in": ["clinician", "expert"]}}))
+            scope.restrict({"role": {"$in": ["clinician", "expert"]}})
+        )
     return render_html(request, "home.html", counts=counts)
 
 
@@ -50,11 +53,18 @@ async def switch_language(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text=f"unknown language {language!r}")
     user = current_user(request)
     if user is not None:
-        await identity.update_user(request.app[keys.DATABASE], user.id,
-                                   {"language": language})
+        await identity.update_user(
+            request.app[keys.DATABASE], user.id, {"language": language}
+        )
     response = web.HTTPSeeOther(safe_next(form.get("next")))
-    response.set_cookie(LANGUAGE_COOKIE, language, max_age=365 * 86400,
-                        samesite="Lax", secure=is_secure(request), path="/")
+    response.set_cookie(
+        LANGUAGE_COOKIE,
+        language,
+        max_age=365 * 86400,
+        samesite="Lax",
+        secure=is_secure(request),
+        path="/",
+    )
     raise response
 
 

@@ -28,24 +28,40 @@ class TreeNode:
 
 def build_tree(documents: list[dict[str, Any]]) -> list[TreeNode]:
     """Nest stations under their parents; stations whose parent is hidden are roots."""
-    nodes = {doc["_id"]: TreeNode(code=doc["_id"], name=doc["name"], level=doc["level"])
-             for doc in documents}
-    roots = []
+    nodes = {
+        doc["_id"]: TreeNode(code=doc["_id"], name=doc["name"], level=doc["level"])
+        for doc in documents
+    }
+    roots: list[TreeNode] = []
     for doc in sorted(documents, key=lambda d: d["_id"]):
         parent = nodes.get(doc.get("parent_code") or "")
         (parent.children if parent else roots).append(nodes[doc["_id"]])
     return roots
 
 
-async def visible_stations(request: web.Request, query: str = "") -> list[dict[str, Any]]:
+async def visible_stations(
+    request: web.Request, query: str = ""
+) -> list[dict[str, Any]]:
     scope = Scope.of(require_user(request, *STAFF_ROLES))
     conditions: dict[str, Any] = dict(scope.station_filter())
     if query:
         pattern = re.escape(query.strip()[:40])
-        conditions = {"$and": [conditions, {"$or": [
-            {"name": {"$regex": pattern}}, {"_id": {"$regex": "^" + pattern}}]}]}
-    cursor = request.app[keys.DATABASE]["stations"].find(
-        conditions, {"name": 1, "level": 1, "parent_code": 1, "path": 1}).sort("_id", 1)
+        conditions = {
+            "$and": [
+                conditions,
+                {
+                    "$or": [
+                        {"name": {"$regex": pattern}},
+                        {"_id": {"$regex": "^" + pattern}},
+                    ]
+                },
+            ]
+        }
+    cursor = (
+        request.app[keys.DATABASE]["stations"]
+        .find(conditions, {"name": 1, "level": 1, "parent_code": 1, "path": 1})
+        .sort("_id", 1)
+    )
     return [doc async for doc in cursor]
 
 
@@ -55,11 +71,21 @@ async def tree_page(request: web.Request) -> web.Response:
     matches = await visible_stations(request, query) if query else []
     by_code = {doc["_id"]: doc for doc in documents}
     for match in matches:
-        match["trail"] = [by_code[c]["name"] for c in match["path"][:-1] if c in by_code]
-    counts = {level: sum(1 for d in documents if d["level"] == level)
-              for level in ("city", "district", "street")}
-    return render_html(request, "stations/tree.html", roots=build_tree(documents),
-                       query=query, matches=matches, counts=counts)
+        match["trail"] = [
+            by_code[c]["name"] for c in match["path"][:-1] if c in by_code
+        ]
+    counts = {
+        level: sum(1 for d in documents if d["level"] == level)
+        for level in ("city", "district", "street")
+    }
+    return render_html(
+        request,
+        "stations/tree.html",
+        roots=build_tree(documents),
+        query=query,
+        matches=matches,
+        counts=counts,
+    )
 
 
 async def station_page(request: web.Request) -> web.Response:
@@ -67,18 +93,39 @@ async def station_page(request: web.Request) -> web.Response:
     database = request.app[keys.DATABASE]
     scope = Scope.of(user)
     station = await station_in_scope(database, request.match_info["code"], scope)
-    children = [doc async for doc in database["stations"].find(
-        {"parent_code": station["_id"]}, {"name": 1, "level": 1}).sort("_id", 1)]
-    staff = [identity.User.from_document(doc) async for doc in
-             database[identity.USERS].find({"station_code": station["_id"]})
-             .sort("username", 1)]
-    ancestors = [doc async for doc in database["stations"].find(
-        {"_id": {"$in": station["path"][:-1]}}, {"name": 1})]
-    await audit.record(database, actor(request), "station.viewed",
-                       object_kind="station", object_id=station["_id"])
-    return render_html(request, "stations/station.html", station=station,
-                       children=children, staff=staff,
-                       ancestors=sorted(ancestors, key=lambda d: station["path"].index(d["_id"])))
+    children = [
+        doc
+        async for doc in database["stations"]
+        .find({"parent_code": station["_id"]}, {"name": 1, "level": 1})
+        .sort("_id", 1)
+    ]
+    staff = [
+        identity.User.from_document(doc)
+        async for doc in database[identity.USERS]
+        .find({"station_code": station["_id"]})
+        .sort("username", 1)
+    ]
+    ancestors = [
+        doc
+        async for doc in database["stations"].find(
+            {"_id": {"$in": station["path"][:-1]}}, {"name": 1}
+        )
+    ]
+    await audit.record(
+        database,
+        actor(request),
+        "station.viewed",
+        object_kind="station",
+        object_id=station["_id"],
+    )
+    return render_html(
+        request,
+        "stations/station.html",
+        station=station,
+        children=children,
+        staff=staff,
+        ancestors=sorted(ancestors, key=lambda d: station["path"].index(d["_id"])),
+    )
 
 
 def setup(app: web.Application) -> None:
