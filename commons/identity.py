@@ -50,6 +50,12 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._@+-]{2,63}$")
 MIN_PASSWORD_LENGTH = 10
+# optional profile fields carried on User.extra: the expert profile, and the
+# question boards an expert answers on and leads
+EXTRA_FIELDS = (
+    "title", "registration_number", "practice_years", "on_duty", "boards",
+    "lead_boards",
+)  # fmt: skip
 
 
 class Role(StrEnum):
@@ -96,7 +102,7 @@ class User:
             phone=doc.get("phone"),
             extra={
                 k: doc[k]
-                for k in ("title", "registration_number", "practice_years", "on_duty")
+                for k in EXTRA_FIELDS
                 if k in doc
             },
         )
