@@ -182,7 +182,8 @@ OPTIONS: tuple[Option, ...] = (
         name="dispatch_interval_seconds",
         default="60",
         parse=int,
-        help="How often the dispatcher looks for due deliveries.",
+        help="Seconds between passes of the periodic jobs (message dispatcher, "
+        "lease expiry, escalation); 0 turns them off.",
     ),
 )
 

@@ -44,6 +44,8 @@ def settings(tmp_path: Path, mongo_uri: str) -> Settings:
             "database_name": f"test_{uuid.uuid4().hex[:12]}",
             "secret_key": "test-secret-key-0123456789",
             "port": 0,
+            # tests run periodic passes themselves, at the moment they choose
+            "dispatch_interval_seconds": 0,
         },
         environ={},
     )

@@ -11,7 +11,7 @@ from aiohttp import web
 from commons import audit, identity, stations
 from commons.db import Database, IndexSpec, open_database
 from commons.settings import Settings
-from web import i18n, keys, middleware, render
+from web import i18n, jobs, keys, middleware, render
 from web.views import admin, api, auth, pages, stations_pages
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def create_app(
     app[keys.INDEX_SPECS] = [*kernel_indexes()]
     app[keys.STARTUP_HOOKS] = []
     app.cleanup_ctx.append(_database_context(database, demo=demo))
+    app.cleanup_ctx.append(jobs.scheduler_context)
 
     for setup in (
         pages.setup,
