@@ -1,9 +1,11 @@
 """Lesson files: loading, checking and coverage of the school's content.
 
-A lesson is `<stage>/<id>.md`: TOML front matter between `+++` lines, then a
-Markdown body (format: /work/briefs/lesson-format.md, kept in docs by the lead).
-`check_lessons` reports every problem with its file and line; `load_lessons`
-returns the lessons only when there are none.
+A lesson is `<stage>/<id>.md`: TOML front matter between `+++` lines (id,
+title, stage, from, to, board, language, summary, sources; optionally checkup
+and risk_tags), then a Markdown body without raw HTML or images, linking only
+to other lessons (`lesson:<id>`) or https pages. `check_lessons` reports every
+problem with its file and line; `load_lessons` returns the lessons only when
+there are none.
 """
 
 from __future__ import annotations
@@ -175,7 +177,8 @@ class LessonCheckError(ValueError):
 
 @dataclass(frozen=True)
 class LessonScan:
-    """Result of scanning a directory: the lessons that parsed and all problems."""
+    """A scanned directory: every lesson whose front matter is valid (its body
+    may still have problems) and every problem found."""
 
     lessons: tuple[Lesson, ...]
     problems: tuple[Problem, ...]
@@ -203,17 +206,13 @@ def scan_lessons(directory: Path | str = CONTENT_DIR) -> LessonScan:
     if not root.is_dir():
         return LessonScan((), (Problem(root, None, "no such lesson directory"),))
     parsed = [_parse_file(path) for path in sorted(root.rglob("*.md"))]
+    known_ids = {item.declared_id for item in parsed if item.declared_id}
+    for item in parsed:
+        item.problems += _body_problems(item, known_ids)
     problems = [p for item in parsed for p in item.problems]
-    good = [item for item in parsed if item.lesson is not None]
-    problems += _duplicate_ids(good)
-    known_ids = {item.lesson.meta.id for item in good if item.lesson is not None}
-    for item in good:
-        assert item.lesson is not None
-        problems += _body_problems(item.lesson, known_ids)
-    lessons = tuple(item.lesson for item in good if item.lesson is not None)
-    bad_paths = {p.path for p in problems}
-    clean = tuple(lesson for lesson in lessons if lesson.path not in bad_paths)
-    return LessonScan(clean, tuple(sorted(problems, key=_problem_order)))
+    problems += _duplicate_ids(parsed)
+    lessons = tuple(item.lesson for item in parsed if item.lesson is not None)
+    return LessonScan(lessons, tuple(sorted(problems, key=_problem_order)))
 
 
 def check_coverage(
@@ -233,8 +232,9 @@ def check_coverage(
     return [Problem(root, None, message) for message in messages]
 
 
-def _problem_order(problem: Problem) -> tuple[str, int, str]:
-    return (str(problem.path), problem.line or 0, problem.message)
+def _problem_order(problem: Problem) -> tuple[str, int]:
+    # by file and line; the sort is stable, so a line keeps reading order
+    return (str(problem.path), problem.line or 0)
 
 
 # parsing one file
@@ -243,9 +243,12 @@ def _problem_order(problem: Problem) -> tuple[str, int, str]:
 @dataclass
 class _Parsed:
     path: Path
-    lesson: Lesson | None = None
     problems: list[Problem] = field(default_factory=list)
+    lesson: Lesson | None = None
+    declared_id: str | None = None
     id_line: int = 1
+    body: str | None = None
+    body_line: int = 1
 
     def add(self, line: int, message: str) -> None:
         self.problems.append(Problem(self.path, line, message))
@@ -262,15 +265,17 @@ def _parse_file(path: Path) -> _Parsed:
     closing = _closing_fence(parsed, lines)
     if closing is None:
         return parsed
-    front = "\n".join(lines[1:closing])
-    data = _parse_toml(parsed, front, closing)
-    if data is None:
-        return parsed
-    key_lines = _key_lines(lines[1:closing])
-    meta = _read_meta(parsed, data, key_lines)
-    if meta is not None and not parsed.problems:
-        body = "\n".join(lines[closing + 1 :])
-        parsed.lesson = Lesson(meta=meta, body=body, path=path, body_line=closing + 2)
+    parsed.body = "\n".join(lines[closing + 1 :])
+    parsed.body_line = closing + 2
+    data = _parse_toml(
+        parsed, "".join(f"{line}\n" for line in lines[1:closing]), closing
+    )
+    if data is not None:
+        meta = _read_meta(parsed, data, _key_lines(lines[1:closing]))
+        if meta is not None:
+            parsed.lesson = Lesson(
+                meta=meta, body=parsed.body, path=path, body_line=parsed.body_line
+            )
     return parsed
 
 
@@ -291,8 +296,9 @@ def _parse_toml(parsed: _Parsed, front: str, closing: int) -> dict[str, Any] | N
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         match = _TOML_POSITION.search(message)
-        # front matter line n is file line n + 1 (after the opening fence)
-        line = int(match[1]) + 1 if match else closing + 1
+        # front matter line n is file line n + 1 (after the opening fence);
+        # an error at the end is shown on the last front matter line
+        line = int(match[1]) + 1 if match else closing
         reason = _TOML_POSITION.sub("", message).replace(" (at end of document)", "")
         parsed.add(line, f"the front matter is not valid TOML: {reason}")
         return None
@@ -312,6 +318,9 @@ def _key_lines(front_lines: list[str]) -> dict[str, int]:
 
 # front matter fields
 
+_LineOf = Callable[[str], int]
+_Found = Iterator[tuple[str, str]]
+
 
 def _read_meta(
     parsed: _Parsed, data: dict[str, Any], key_lines: dict[str, int]
@@ -320,6 +329,8 @@ def _read_meta(
         return key_lines.get(key, 1)
 
     parsed.id_line = line_of("id")
+    if isinstance(data.get("id"), str):
+        parsed.declared_id = data["id"]
     for key in sorted(set(data) - _KNOWN_KEYS):
         expected = ", ".join(sorted(_KNOWN_KEYS))
         parsed.add(line_of(key), f"unknown key {key!r}; expected one of: {expected}")
@@ -327,9 +338,12 @@ def _read_meta(
         if key not in data:
             parsed.add(1, f"missing key {key!r}")
     values = _typed_values(parsed, data, line_of)
+    for check in _FIELD_CHECKS:
+        for key, message in check(parsed.path, values):
+            parsed.add(line_of(key), message)
     if parsed.problems:
         return None
-    return _build_meta(parsed, values, line_of)
+    return _build_meta(values)
 
 
 _TYPES: Final[dict[str, tuple[type, str]]] = {
@@ -347,12 +361,10 @@ _TYPES: Final[dict[str, tuple[type, str]]] = {
 }
 
 
-_LineOf = Callable[[str], int]
-
-
 def _typed_values(
     parsed: _Parsed, data: dict[str, Any], line_of: _LineOf
 ) -> dict[str, Any]:
+    """The known values of the right type; a problem for each other one."""
     values: dict[str, Any] = {}
     for key, (kind, expected) in _TYPES.items():
         if key not in data:
@@ -368,21 +380,7 @@ def _typed_values(
     return values
 
 
-def _build_meta(
-    parsed: _Parsed, values: dict[str, Any], line_of: _LineOf
-) -> LessonMeta | None:
-    checks = (
-        _check_id,
-        _check_text_fields,
-        _check_stage_and_range,
-        _check_vocabularies,
-        _check_sources,
-    )
-    for check in checks:
-        for key, message in check(parsed.path, values):
-            parsed.add(line_of(key), message)
-    if parsed.problems:
-        return None
+def _build_meta(values: dict[str, Any]) -> LessonMeta:
     return LessonMeta(
         id=values["id"],
         title=values["title"],
@@ -398,11 +396,14 @@ def _build_meta(
     )
 
 
-_Found = Iterator[tuple[str, str]]
+# Each check looks only at the values it needs that are present and typed;
+# missing or mistyped ones were reported already.
 
 
 def _check_id(path: Path, values: dict[str, Any]) -> _Found:
-    lesson_id = values["id"]
+    lesson_id = values.get("id")
+    if lesson_id is None:
+        return
     if not _ID_PATTERN.fullmatch(lesson_id):
         yield "id", f"id {lesson_id!r} must be lower-case letters, digits and hyphens"
     if lesson_id != path.stem:
@@ -415,14 +416,16 @@ def _check_id(path: Path, values: dict[str, Any]) -> _Found:
 
 def _check_text_fields(path: Path, values: dict[str, Any]) -> _Found:
     for key in ("title", "summary"):
-        text = values[key]
+        text = values.get(key)
+        if text is None:
+            continue
         if not text.strip():
             yield key, f"{key!r} is empty"
         elif "\n" in text or "\r" in text:
             yield key, f"{key!r} must be one line of plain text"
         elif _HTML_TAG.search(text):
             yield key, f"{key!r} must be plain text, without HTML"
-    length = len(values["summary"])
+    length = len(values.get("summary", ""))
     if length > SUMMARY_MAX_CHARS:
         yield (
             "summary",
@@ -432,7 +435,9 @@ def _check_text_fields(path: Path, values: dict[str, Any]) -> _Found:
 
 
 def _check_stage_and_range(path: Path, values: dict[str, Any]) -> _Found:
-    stage_name = values["stage"]
+    stage_name = values.get("stage")
+    if stage_name is None:
+        return
     if stage_name not in LessonStage.__members__.values():
         expected = ", ".join(LessonStage)
         yield "stage", f"unknown stage {stage_name!r}; expected one of: {expected}"
@@ -443,13 +448,13 @@ def _check_stage_and_range(path: Path, values: dict[str, Any]) -> _Found:
         yield "stage", f"stage {stage_name!r} does not match the folder {folder!r}"
     low, high, unit = STAGE_RANGES[stage]
     for key in ("from", "to"):
-        if not low <= values[key] <= high:
+        if key in values and not low <= values[key] <= high:
             yield (
                 key,
                 f"{key!r} = {values[key]} is outside the {stage} range "
                 f"{low}..{high} ({unit})",
             )
-    if values["from"] > values["to"]:
+    if "from" in values and "to" in values and values["from"] > values["to"]:
         yield "from", f"'from' = {values['from']} is after 'to' = {values['to']}"
 
 
@@ -469,20 +474,26 @@ def _vocabulary_problem(what: str, value: str, allowed: Iterable[str]) -> str | 
 
 
 def _check_vocabularies(path: Path, values: dict[str, Any]) -> _Found:
-    pairs = [("board", "board", values["board"], list(Board))]
-    pairs.append(("language", "language", values["language"], LANGUAGES))
-    if "checkup" in values:
-        pairs.append(("checkup", "checkup", values["checkup"], CHECKUP_IDS))
+    vocabularies: tuple[tuple[str, str, Iterable[str]], ...] = (
+        ("board", "board", list(Board)),
+        ("language", "language", LANGUAGES),
+        ("checkup", "checkup", CHECKUP_IDS),
+    )
+    for key, what, allowed in vocabularies:
+        if key in values:
+            message = _vocabulary_problem(what, values[key], allowed)
+            if message is not None:
+                yield key, message
     for tag in values.get("risk_tags", ()):
-        pairs.append(("risk_tags", "risk tag", tag, list(RiskFactor)))
-    for key, what, value, allowed in pairs:
-        message = _vocabulary_problem(what, value, allowed)
+        message = _vocabulary_problem("risk tag", tag, list(RiskFactor))
         if message is not None:
-            yield key, message
+            yield "risk_tags", message
 
 
 def _check_sources(path: Path, values: dict[str, Any]) -> _Found:
-    sources = values["sources"]
+    sources = values.get("sources")
+    if sources is None:
+        return
     if not sources:
         yield (
             "sources",
@@ -492,22 +503,26 @@ def _check_sources(path: Path, values: dict[str, Any]) -> _Found:
         yield "sources", "'sources' has an empty entry"
 
 
+_FIELD_CHECKS: Final = (
+    _check_id,
+    _check_text_fields,
+    _check_stage_and_range,
+    _check_vocabularies,
+    _check_sources,
+)
+
+
 def _duplicate_ids(items: Sequence[_Parsed]) -> list[Problem]:
     first_seen: dict[str, _Parsed] = {}
     problems = []
     for item in items:
-        assert item.lesson is not None
-        lesson_id = item.lesson.meta.id
-        earlier = first_seen.setdefault(lesson_id, item)
+        if item.declared_id is None:
+            continue
+        earlier = first_seen.setdefault(item.declared_id, item)
         if earlier is not item:
             where = f"{earlier.path}:{earlier.id_line}"
-            problems.append(
-                Problem(
-                    item.path,
-                    item.id_line,
-                    f"duplicate id {lesson_id!r} (also in {where})",
-                )
-            )
+            message = f"duplicate id {item.declared_id!r} (also in {where})"
+            problems.append(Problem(item.path, item.id_line, message))
     return problems
 
 
@@ -516,13 +531,16 @@ def _duplicate_ids(items: Sequence[_Parsed]) -> list[Problem]:
 _MARKDOWN: Final = MarkdownIt("commonmark").enable("table")
 
 
-def _body_problems(lesson: Lesson, known_ids: set[str]) -> list[Problem]:
-    if not lesson.body.strip():
-        return [Problem(lesson.path, lesson.body_line, "the lesson body is empty")]
-    problems = []
-    for line, message in _token_problems(_MARKDOWN.parse(lesson.body), known_ids):
-        problems.append(Problem(lesson.path, lesson.body_line + line, message))
-    return problems
+def _body_problems(parsed: _Parsed, known_ids: set[str]) -> list[Problem]:
+    if parsed.body is None:
+        return []
+    if not parsed.body.strip():
+        return [Problem(parsed.path, parsed.body_line, "the lesson body is empty")]
+    tokens = _MARKDOWN.parse(parsed.body)
+    return [
+        Problem(parsed.path, parsed.body_line + line, message)
+        for line, message in _token_problems(tokens, known_ids)
+    ]
 
 
 def _token_problems(
@@ -602,10 +620,14 @@ def _count_problem(
 def _unit_gaps(
     metas: Sequence[LessonMeta], stage: LessonStage, units: range, unit_name: str
 ) -> list[str]:
-    # only lessons without risk tags reach every couple
-    general = [m for m in metas if m.stage == stage and not m.risk_tags]
+    # what the engine sends every couple: no risk tags, and no checkup (a
+    # checkup's lesson goes out with that checkup's reminder instead)
+    general = [
+        m for m in metas if m.stage == stage and not m.risk_tags and not m.checkup
+    ]
     return [
-        f"{stage} {unit_name} {unit} has no lesson without risk tags"
+        f"{stage} {unit_name} {unit} has no general lesson "
+        "(one without risk_tags or checkup)"
         for unit in units
         if not any(meta.covers(unit) for meta in general)
     ]

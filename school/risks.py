@@ -125,7 +125,8 @@ RISK_RULES: Final[tuple[RiskRule, ...]] = (
         last_day=_ga(15, 6),
         title="与医生讨论小剂量阿司匹林",
         title_en="Discuss low-dose aspirin",
-        purpose="孕12～16周是开始服用小剂量阿司匹林预防子痫前期的时机，请与医生讨论是否适合你。",
+        purpose="孕12～16周是开始服用小剂量阿司匹林预防子痫前期的时机，"
+        "请与医生讨论是否适合你。",
         purpose_en="Weeks 12 to 16 are the time to start low-dose aspirin against "
         "pre-eclampsia; ask your doctor whether it suits you.",
     ),
@@ -172,7 +173,8 @@ RISK_RULES: Final[tuple[RiskRule, ...]] = (
         last_day=_ga(13, 6),
         title="首次产检时尽早查血糖",
         title_en="Early glucose test at the booking visit",
-        purpose="曾患妊娠期糖尿病，首次产检时就查空腹血糖或OGTT；结果正常，孕24～28周仍要再做OGTT。",
+        purpose="曾患妊娠期糖尿病，首次产检时就查空腹血糖或OGTT；"
+        "结果正常，孕24～28周仍要再做OGTT。",
         purpose_en="After gestational diabetes before, test glucose at the "
         "booking visit; if normal, repeat the OGTT at 24 to 28 weeks.",
     ),
@@ -208,7 +210,8 @@ RISK_RULES: Final[tuple[RiskRule, ...]] = (
         last_day=_ga(24, 6),
         title="超声评估胎盘位置",
         title_en="Placental position check",
-        purpose="系统超声时请医生留意胎盘位置及与子宫瘢痕的关系，排除前置胎盘和胎盘植入。",
+        purpose="系统超声时请医生留意胎盘位置及与子宫瘢痕的关系，"
+        "排除前置胎盘和胎盘植入。",
         purpose_en="At the anomaly scan, the placenta's position relative to the "
         "scar is checked for placenta praevia and accreta.",
     ),
