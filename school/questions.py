@@ -119,7 +119,7 @@ def answer_deadline(asked_at: datetime, *, urgent: bool) -> datetime:
 class QuestionInput:
     """A new question as the asker wrote it, validated on construction."""
 
-    board: Board
+    board: Board | str
     text: str
     link_plan: bool = False
     publish_consent: bool = False

@@ -12,7 +12,7 @@ from commons import audit, identity, stations
 from commons.db import Database, IndexSpec, open_database
 from commons.settings import Settings
 from web import i18n, jobs, keys, middleware, render
-from web.views import admin, api, auth, pages, stations_pages
+from web.views import admin, api, auth, pages, questions, stations_pages
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ def create_app(
         stations_pages.setup,
         admin.setup,
         api.setup,
+        questions.setup,
         *extra_setups,
     ):
         setup(app)
