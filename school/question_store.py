@@ -160,6 +160,7 @@ async def ask(
         "escalated_at": None,
         "answered_at": None,
         "first_answered_at": None,
+        "faq_id": None,
     }
     await database[QUESTIONS].insert_one(document)
     logger.info(

@@ -37,6 +37,11 @@ DYNAMIC_MESSAGES = (
     N_("city"),
     N_("district"),
     N_("street"),
+    # question states
+    N_("waiting"),
+    N_("claimed"),
+    N_("answered"),
+    N_("closed"),
     N_("too many failed logins; wait 15 minutes and try again"),
 )
 
