@@ -10,6 +10,7 @@ server runs as a collection scan.
 from __future__ import annotations
 
 import logging
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ TEMPLATES = "reply_templates"
 FAQ = "faq"
 STATS = "question_stats"
 SHANGHAI = ZoneInfo("Asia/Shanghai")
+CLAIM_BATCH = 20
 
 INDEXES = (
     index(QUESTIONS, "state", "board", "-urgent", "waiting_since"),
@@ -234,6 +236,31 @@ class QueueView:
     oldest_waiting_since: datetime | None
 
 
+def _waiting_query(
+    expert: User, board: str | None, urgent_only: bool = False
+) -> dict[str, Any]:
+    boards = [b for b in expert_boards(expert) if board in (None, "", b)]
+    query: dict[str, Any] = {
+        "state": str(QuestionState.WAITING),
+        "board": {"$in": boards},
+    }
+    if urgent_only:
+        query["urgent"] = True
+    return query
+
+
+async def _waiting(
+    database: Database, query: dict[str, Any], limit: int
+) -> list[dict[str, Any]]:
+    cursor = (
+        database[QUESTIONS]
+        .find(query, {"messages": 0})
+        .sort([("urgent", -1), ("waiting_since", 1)])
+        .limit(limit)
+    )
+    return [doc async for doc in cursor]
+
+
 async def queue(
     database: Database,
     expert: User,
@@ -243,25 +270,13 @@ async def queue(
     limit: int = 50,
 ) -> QueueView:
     """Waiting questions on the expert's boards, urgent first, then oldest first."""
-    boards = [b for b in expert_boards(expert) if board in (None, "", b)]
-    query: dict[str, Any] = {
-        "state": str(QuestionState.WAITING),
-        "board": {"$in": boards},
-    }
-    if urgent_only:
-        query["urgent"] = True
+    query = _waiting_query(expert, board, urgent_only)
     collection = database[QUESTIONS]
-    found = [
-        doc
-        async for doc in collection.find(query, {"messages": 0})
-        .sort([("urgent", -1), ("waiting_since", 1)])
-        .limit(limit)
-    ]
     oldest = await collection.find_one(
         query, {"waiting_since": 1}, sort=[("waiting_since", 1)]
     )
     return QueueView(
-        questions=found,
+        questions=await _waiting(database, query, limit),
         waiting=await collection.count_documents(query),
         oldest_waiting_since=oldest["waiting_since"] if oldest else None,
     )
@@ -335,16 +350,29 @@ async def claim_next(
     database: Database, expert: User, *, board: str | None = None
 ) -> dict[str, Any] | None:
     """Claim the most pressing waiting question; None when the queue is empty."""
+    query = _waiting_query(expert, board)
     for _attempt in range(5):
-        view = await queue(database, expert, board=board, limit=10)
-        if not view.questions:
+        candidates = await _waiting(database, query, CLAIM_BATCH)
+        if not candidates:
             return None
-        for candidate in view.questions:
+        for candidate in _spread(candidates):
             try:
                 return await claim(database, expert, candidate["_id"])
             except Conflict:
                 continue
     return None
+
+
+def _spread(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Start at a random place among the equally urgent head of the queue.
+
+    Experts claiming at the same moment would otherwise all race for the
+    first question and all but one retry; waiting order is kept within a
+    few places, urgency exactly.
+    """
+    head = [c for c in candidates if c["urgent"] == candidates[0]["urgent"]]
+    offset = random.randrange(len(head))
+    return head[offset:] + head[:offset] + candidates[len(head):]
 
 
 async def release(database: Database, expert: User, question_id: str) -> None:

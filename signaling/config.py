@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
+from typing import Any
 
 # A frame this many times over max_message_bytes is refused by the WebSocket
 # reader itself (close 1009) instead of being read whole and answered.
@@ -84,3 +87,29 @@ class SignalingConfig:
 def split_urls(value: str) -> tuple[str, ...]:
     """Split a comma-separated settings value into a tuple of URLs."""
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def derive_token_key(secret_key: str) -> bytes:
+    """The join-token HMAC key, derived so it signs nothing else."""
+    if not secret_key:
+        raise ValueError("secret_key is empty; set HUIYUN_SECRET_KEY")
+    label = b"huiyun signaling join tokens v1"
+    return hmac.new(secret_key.encode("utf-8"), label, hashlib.sha256).digest()
+
+
+def config_from_settings(settings: Any, **overrides: Any) -> SignalingConfig:
+    """Build the config from huiyun settings (with the secret key resolved).
+
+    ``settings`` needs ``secret_key``, ``stun_urls``, ``turn_urls``,
+    ``turn_secret``, ``turn_ttl_seconds`` and ``allowed_origins``.
+    """
+    values: dict[str, Any] = {
+        "secret_key": derive_token_key(settings.secret_key),
+        "stun_urls": tuple(settings.stun_urls),
+        "turn_urls": tuple(settings.turn_urls),
+        "turn_secret": settings.turn_secret,
+        "turn_ttl_seconds": int(settings.turn_ttl_seconds),
+        "allowed_origins": tuple(settings.allowed_origins),
+    }
+    values.update(overrides)
+    return SignalingConfig(**values)

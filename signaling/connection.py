@@ -91,7 +91,9 @@ class WebSocketLink:
                 while self._queue:
                     item = self._queue.popleft()
                     if isinstance(item, _CloseMark):
-                        await self._ws.close(code=item.code, message=item.reason.encode())
+                        await self._ws.close(
+                            code=item.code, message=item.reason.encode()
+                        )
                         return
                     await self._ws.send_str(item)
         except ConnectionError:
@@ -162,7 +164,14 @@ class Connection:
         return self.state not in (ConnectionState.CLOSING, ConnectionState.CLOSED)
 
     def move(self, new: ConnectionState) -> None:
-        self.state = move_connection(self.conn_id, self.state, new)
+        slot = self.slot
+        self.state = move_connection(
+            self.conn_id,
+            self.state,
+            new,
+            peer=slot.peer_id if slot else None,
+            room=slot.room if slot else None,
+        )
 
     def attach(self, room: Room, slot: PeerSlot) -> None:
         self.room = room
@@ -195,11 +204,14 @@ class Connection:
         self.move(ConnectionState.CLOSING)
         logger.info("conn=%s close code=%d reason=%s", self.conn_id, code, reason)
         self.closer = spawn(self.link.close(code, reason, flush=flush))
+        self.closer.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self.move(ConnectionState.CLOSED)
 
     async def finished(self) -> None:
-        """Wait for the close to finish and mark the connection closed."""
+        """Wait for the close to finish."""
         if self.closer is not None:
+            # shielded: aiohttp cancels the handler when the socket drops
             with contextlib.suppress(ConnectionError):
-                await self.closer
-        if self.state is ConnectionState.CLOSING:
-            self.move(ConnectionState.CLOSED)
+                await asyncio.shield(self.closer)

@@ -90,7 +90,11 @@ class ProtocolError(Exception):
         self.ref = ref
 
     def to_message(self) -> Message:
-        out: Message = {"type": "error", "code": str(self.code), "message": self.message}
+        out: Message = {
+            "type": "error",
+            "code": str(self.code),
+            "message": self.message,
+        }
         if self.ref is not None:
             out["ref"] = self.ref
         return out
@@ -161,7 +165,7 @@ def _join(data: Message, max_chat_chars: int) -> Message:
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
             ErrorCode.BAD_VERSION,
-            f"protocol version {version!r} is not supported; send \"v\": 1",
+            f'protocol version {version!r} is not supported; send "v": 1',
             ref="join",
         )
     room = _require(data, "room", str)

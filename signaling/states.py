@@ -44,14 +44,21 @@ PEER_MOVES: dict[PeerState, frozenset[PeerState]] = {
 
 
 def move_connection(
-    conn_id: str, old: ConnectionState, new: ConnectionState
+    conn_id: str,
+    old: ConnectionState,
+    new: ConnectionState,
+    *,
+    peer: str | None = None,
+    room: str | None = None,
 ) -> ConnectionState:
     """Check and log a connection state change; return the new state."""
     if new not in CONNECTION_MOVES[old]:
         raise IllegalTransition(
             f"connection {conn_id} is {old.value!r} and cannot become {new.value!r}"
         )
-    logger.info("conn=%s %s -> %s", conn_id, old.value, new.value)
+    logger.info(
+        "conn=%s peer=%s room=%s %s -> %s", conn_id, peer, room, old.value, new.value
+    )
     return new
 
 
