@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
-RULES_FILE = Path(str(resources.files("school") / "content" / "danger_signs.toml"))
+RULES_FILE = Path(__file__).parent / "content" / "danger_signs.toml"
 
 # a negation must end the clause prefix, optionally with a filler word:
 # 没有出血, 没出血, 无出血, 未见出血, 没有任何出血, 不再出血

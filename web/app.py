@@ -11,8 +11,18 @@ from aiohttp import web
 from commons import audit, identity, stations
 from commons.db import Database, IndexSpec, open_database
 from commons.settings import Settings
-from web import i18n, jobs, keys, middleware, render
-from web.views import admin, api, auth, pages, questions, stations_pages
+from web import i18n, jobs, keys, middleware, recordings, render
+from web.views import (
+    admin,
+    api,
+    auth,
+    consult,
+    pages,
+    questions,
+    rooms,
+    school,
+    stations_pages,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +63,10 @@ def create_app(
         admin.setup,
         api.setup,
         questions.setup,
+        recordings.setup,
+        rooms.setup,
+        consult.setup,
+        school.setup,
         *extra_setups,
     ):
         setup(app)
