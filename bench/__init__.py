@@ -1,0 +1,1 @@
+"""Reproducible benchmarks of huiyun; results go to docs/benchmarks.md."""
