@@ -162,5 +162,6 @@ def _csv_value(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     text = "" if value is None else str(value)
-    # a cell starting with = + - @ is a formula in spreadsheets: defuse it
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    # a cell starting with = + - @ (or a tab or carriage return before one)
+    # is a formula in spreadsheets: defuse it
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

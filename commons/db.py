@@ -114,18 +114,27 @@ async def open_database(
             settings.data_dir,
         )
 
-    client: AsyncMongoClient[Document] = AsyncMongoClient(
-        uri, serverSelectionTimeoutMS=timeout_ms, tz_aware=True
-    )
+    # a serverSelectionTimeoutMS in the URI is the operator's choice: keep it
+    options: dict[str, Any] = {"tz_aware": True}
+    if "serverselectiontimeoutms=" not in uri.lower():
+        options["serverSelectionTimeoutMS"] = timeout_ms
+    try:
+        client: AsyncMongoClient[Document] = AsyncMongoClient(uri, **options)
+    except (PyMongoError, ValueError) as exc:
+        raise DatabaseUnavailable(
+            f"{where} is not a usable MongoDB URI ({exc}); "
+            "expected mongodb://[user:password@]host[:port][,...]/[?options]"
+        ) from None
     database = Database(
         client=client,
         db=client[database_name or settings.database_name],
         embedded_server=server,
     )
     if not await database.ping():
+        seconds = client.options.server_selection_timeout
         await database.close()
         raise DatabaseUnavailable(
-            f"{where} did not answer within {timeout_ms / 1000:.0f} s; "
+            f"{where} did not answer within {seconds:g} s; "
             "check that the server is running and the URI is right"
         )
     return database

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
@@ -45,11 +46,18 @@ INDEXES = (
 )
 
 _hasher = PasswordHasher()
-# a hash of a random password, verified against when the account does not
-# exist so a wrong username costs as long as a wrong password
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._@+-]{2,63}$")
 MIN_PASSWORD_LENGTH = 10
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash of a random password, verified against when the account does not
+    exist so a wrong username costs as long as a wrong password."""
+    # made on first use, not at import: every command line start imports this
+    return _hasher.hash(secrets.token_hex(16))
+
+
 # optional profile fields carried on User.extra: the expert profile, and the
 # question boards an expert answers on and leads
 EXTRA_FIELDS = (
@@ -100,11 +108,7 @@ class User:
             disabled=bool(doc.get("disabled")),
             email=doc.get("email"),
             phone=doc.get("phone"),
-            extra={
-                k: doc[k]
-                for k in EXTRA_FIELDS
-                if k in doc
-            },
+            extra={k: doc[k] for k in EXTRA_FIELDS if k in doc},
         )
 
 
@@ -287,7 +291,9 @@ async def authenticate(
     username = normalise_username(username)
     await _check_throttle(database, username, address, per_account, per_address)
     document = await database[USERS].find_one({"username": username})
-    password_hash = document["password_hash"] if document else _DUMMY_HASH
+    password_hash = (
+        document["password_hash"] if document else await asyncio.to_thread(_dummy_hash)
+    )
     good = await _verify(password_hash, password)
     if not good or document is None or document.get("disabled"):
         await database[LOGIN_FAILURES].insert_many(

@@ -60,6 +60,12 @@ class Scope:
             return {"_id": {"$in": []}}
         return {"path": self.station_code}
 
+    def sees_station(self, document: dict[str, Any]) -> bool:
+        """The same rule as station_filter, for a document already in memory."""
+        if self.city_wide:
+            return True
+        return self.station_code is not None and self.station_code in document["path"]
+
     def restrict(self, query: dict[str, Any], **fields: str) -> dict[str, Any]:
         rule = self.filter(**fields)
         if not rule:

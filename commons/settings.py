@@ -254,12 +254,13 @@ class Settings:
 
 def _mask_uri_password(uri: str) -> str:
     parts = urlsplit(uri)
-    if not parts.password:
+    # split the text by hand: a replica set's "h1:27017,h2:27017" has no
+    # single port, and urlsplit's .port and .hostname fail or drop brackets
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return uri
-    netloc = f"{parts.username}:********@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    username = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{username}:********@{hosts}"))
 
 
 def load_settings(
@@ -341,13 +342,25 @@ def ensure_secret_key(settings: Settings) -> Settings:
     if settings.secret_key:
         return settings
     key_file = settings.data_dir / "secret_key"
-    if not key_file.exists():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        # exclusive create: two processes starting together keep one key
-        try:
-            with open(key_file, "x", encoding="ascii") as handle:
-                handle.write(secrets.token_urlsafe(48))
-            key_file.chmod(0o600)
-        except FileExistsError:
-            pass
-    return settings.replace(secret_key=key_file.read_text(encoding="ascii").strip())
+    try:
+        if not key_file.exists():
+            _create_key_file(key_file)
+        key = key_file.read_text(encoding="ascii").strip()
+    except OSError as exc:
+        raise SettingsError(
+            f"data directory {str(settings.data_dir)!r} is not writable "
+            f"({exc.strerror}); choose another with --data-dir or fix its permissions"
+        ) from None
+    return settings.replace(secret_key=key)
+
+
+def _create_key_file(key_file: Path) -> None:
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    # exclusive create: two processes starting together keep one key; the
+    # mode is set at creation so the key is never readable by others
+    try:
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+        handle.write(secrets.token_urlsafe(48))

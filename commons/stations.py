@@ -9,13 +9,17 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pymongo import UpdateOne
+
+if TYPE_CHECKING:
+    from _csv import Reader as CsvReader
 
 from commons.db import Database, index
 from commons.errors import NotFound
@@ -23,6 +27,7 @@ from commons.errors import NotFound
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("code", "name", "level", "parent_code")
+NOT_UTF8 = "not UTF-8 text; save the file as UTF-8 and import again"
 COLLECTION = "stations"
 INDEXES = (
     index(COLLECTION, "path"),
@@ -105,16 +110,11 @@ def parse_division_file(
     data: bytes, existing: Mapping[str, Station] | None = None
 ) -> list[Station]:
     """Parse and validate a whole division CSV; raise listing every bad line."""
+    reader = csv.reader(io.StringIO(_decode(data), newline=""))
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise StationFileError(
-            [LineError(line, "not UTF-8 text; save the file as UTF-8 and import again")]
-        ) from None
-
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise StationFileError([LineError(1, f"not a CSV row: {exc}")]) from None
     if header is None or tuple(h.strip() for h in header) != COLUMNS:
         raise StationFileError(
             [
@@ -129,7 +129,7 @@ def parse_division_file(
     errors: list[LineError] = []
     parsed: list[tuple[int, Station]] = []
     seen: dict[str, int] = {}
-    for line_number, fields in enumerate(reader, start=2):
+    for line_number, fields in _records(reader, errors):
         if not any(field.strip() for field in fields):
             continue
         station = _parse_row(line_number, fields, errors)
@@ -153,6 +153,42 @@ def parse_division_file(
     return [station for _, station in parsed]
 
 
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    # report every line that is not UTF-8, not just the first
+    bad = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            bad.append(LineError(number, NOT_UTF8))
+    raise StationFileError(bad or [LineError(1, NOT_UTF8)])
+
+
+def _records(
+    reader: CsvReader, errors: list[LineError]
+) -> Iterator[tuple[int, list[str]]]:
+    """Each CSV record with its line number; an unreadable record is an error."""
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            # the reader resumes at the next line, so later lines are checked too
+            errors.append(LineError(reader.line_num, f"not a CSV row: {exc}"))
+            continue
+        yield reader.line_num, fields
+
+
+def _is_code(text: str) -> bool:
+    # str.isdigit() alone accepts full-width and other non-ASCII digits
+    return len(text) == 12 and text.isascii() and text.isdigit()
+
+
 def _parse_row(line: int, fields: list[str], errors: list[LineError]) -> Station | None:
     if len(fields) != len(COLUMNS):
         errors.append(
@@ -161,7 +197,7 @@ def _parse_row(line: int, fields: list[str], errors: list[LineError]) -> Station
         return None
     code, name, level_text, parent = (field.strip() for field in fields)
     problems = []
-    if not (len(code) == 12 and code.isdigit()):
+    if not _is_code(code):
         problems.append(f"code {code!r} must be 12 digits")
     if not name:
         problems.append("name is empty")
@@ -169,7 +205,7 @@ def _parse_row(line: int, fields: list[str], errors: list[LineError]) -> Station
         problems.append(
             f"unknown level {level_text!r} (expected city, district or street)"
         )
-    if parent and not (len(parent) == 12 and parent.isdigit()):
+    if parent and not _is_code(parent):
         problems.append(f"parent_code {parent!r} must be 12 digits or empty")
     if problems:
         errors.extend(LineError(line, problem) for problem in problems)
@@ -212,6 +248,33 @@ def _check_parents(
                     f"{list(Level)[station.level.rank - 1]}",
                 )
             )
+    _check_kept_children(parsed, existing, errors)
+
+
+def _check_kept_children(
+    parsed: list[tuple[int, Station]],
+    existing: Mapping[str, Station],
+    errors: list[LineError],
+) -> None:
+    """A station the file re-levels must still fit the stations already below it."""
+    lines = {station.code: line for line, station in parsed}
+    incoming = {station.code: station for _, station in parsed}
+    orphans: dict[str, list[Station]] = {}
+    for child in existing.values():
+        parent = incoming.get(child.parent_code or "")
+        if child.code in incoming or parent is None:
+            continue
+        if parent.level.rank != child.level.rank - 1:
+            orphans.setdefault(parent.code, []).append(child)
+    for code, children in orphans.items():
+        needed = list(Level)[children[0].level.rank - 1]
+        errors.append(
+            LineError(
+                lines[code],
+                f"{len(children)} existing stations below {code} need it to stay "
+                f"a {needed}",
+            )
+        )
 
 
 def compute_paths(stations: Iterable[Station]) -> dict[str, list[str]]:
@@ -309,3 +372,34 @@ async def get_station(database: Database, code: str) -> dict[str, Any]:
 
 async def station_path(database: Database, code: str) -> list[str]:
     return list((await get_station(database, code))["path"])
+
+
+class StationDirectory:
+    """Every station, held in memory for a short while.
+
+    The network has a few hundred stations, is read on most pages and changes
+    only by import (possibly from another process), so a copy at most
+    ``ttl_seconds`` old saves a database round trip per page.
+    """
+
+    def __init__(self, database: Database, *, ttl_seconds: float = 30.0) -> None:
+        self._database = database
+        self._ttl_seconds = ttl_seconds
+        self._documents: list[dict[str, Any]] = []
+        self._loaded_at = float("-inf")
+
+    async def documents(self) -> list[dict[str, Any]]:
+        """All station documents ordered by code; treat them as read-only."""
+        now = time.monotonic()
+        if now - self._loaded_at > self._ttl_seconds:
+            cursor = (
+                self._database[COLLECTION]
+                .find({}, {"name": 1, "level": 1, "parent_code": 1, "path": 1})
+                .sort("_id", 1)
+            )
+            self._documents = [doc async for doc in cursor]
+            self._loaded_at = now
+        return self._documents
+
+    def invalidate(self) -> None:
+        self._loaded_at = float("-inf")

@@ -53,6 +53,7 @@ def create_app(
     app[keys.TEMPLATES] = render.create_environment()
     app[keys.INDEX_SPECS] = [*kernel_indexes()]
     app[keys.STARTUP_HOOKS] = []
+    app[keys.CSRF_EXEMPT] = set()
     app.cleanup_ctx.append(_database_context(database, demo=demo))
     app.cleanup_ctx.append(jobs.scheduler_context)
 
@@ -81,6 +82,7 @@ def _database_context(
         settings = app[keys.SETTINGS]
         database = given or await open_database(settings)
         app[keys.DATABASE] = database
+        app[keys.STATIONS] = stations.StationDirectory(database)
         if database.embedded_server is not None and not given:
             database.embedded_server.adopt()
         specs: list[IndexSpec] = app[keys.INDEX_SPECS]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import errno
 import importlib
 import logging
@@ -103,8 +102,13 @@ def build_parser(plugins: Sequence[ModuleType]) -> argparse.ArgumentParser:
 def load_plugins() -> list[ModuleType]:
     found = []
     for name in PLUGIN_MODULES:
-        with contextlib.suppress(ModuleNotFoundError):
+        try:
             found.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            # a plugin not written yet is skipped; one that fails to import
+            # its own dependencies must say so, not lose its commands quietly
+            if exc.name != name:
+                raise
     return found
 
 

@@ -68,7 +68,9 @@ def client_address(request: web.Request) -> str:
     if settings.trust_forwarded:
         forwarded = request.headers.get("X-Forwarded-For", "")
         if forwarded:
-            return forwarded.split(",")[0].strip()
+            # the proxy appends the address it saw; entries before it are
+            # whatever the client chose to send
+            return forwarded.split(",")[-1].strip()
     return request.remote or "-"
 
 

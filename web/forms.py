@@ -23,6 +23,9 @@ async def form_data(request: web.Request) -> dict[str, str]:
         form = await request.post()
     except UnicodeDecodeError:
         raise BadRequest("the form is not UTF-8 text") from None
+    except ValueError as exc:
+        # aiohttp's words for a broken multipart body (no boundary, no name)
+        raise BadRequest(f"the form cannot be read: {exc}") from None
     values = {}
     for key, value in form.items():
         if isinstance(value, str):
@@ -41,9 +44,21 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("the body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest(f"expected a JSON object, got {type(body).__name__}")
     return body
+
+
+def whole_number(text: str | None, *, maximum: int) -> int | None:
+    """The value of plain ASCII digits from 0 to maximum; None for anything else."""
+    # str.isdigit() alone lets "²" through to int(), and a 5,000-digit
+    # number through to a ValueError: both must be a 422, not a 500
+    if not text or not text.isascii() or not text.isdigit() or len(text) > 18:
+        return None
+    value = int(text)
+    return value if value <= maximum else None
 
 
 def safe_next(target: str | None, default: str = "/") -> str:
@@ -53,6 +68,8 @@ def safe_next(target: str | None, default: str = "/") -> str:
         or not target.startswith("/")
         or target.startswith("//")
         or "\\" in target
+        # browsers drop tabs and newlines, so "/\t/evil" would become "//evil"
+        or any(ord(char) < 0x20 or ord(char) == 0x7F for char in target)
     ):
         return default
     return target

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -51,7 +52,8 @@ async def scheduler_context(app: web.Application) -> AsyncIterator[None]:
         return
     scheduler = AsyncIOScheduler(timezone="Asia/Shanghai")
     for name, job, seconds in jobs:
-        # coalesce + one instance: a slow pass is never stacked on itself
+        # coalesce + one instance: a slow pass is never stacked on itself;
+        # the first pass runs at start, so catch-up does not wait a period
         scheduler.add_job(
             _wrapped(app, name, job),
             "interval",
@@ -59,6 +61,7 @@ async def scheduler_context(app: web.Application) -> AsyncIterator[None]:
             id=name,
             coalesce=True,
             max_instances=1,
+            next_run_time=datetime.now(UTC),
         )
     scheduler.start()
     logger.info("periodic jobs started jobs=%s", ",".join(n for n, _, _ in jobs))

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from commons.db import Database, IndexSpec
 from commons.settings import Settings
+from commons.stations import StationDirectory
 from web.apispec import ApiRegistry
 from web.i18n import Catalogs
 
@@ -24,3 +25,6 @@ STARTUP_HOOKS = web.AppKey(
 # feature packages keep their own services here, keyed by name
 SERVICES = web.AppKey("services", dict[str, Any])
 API = web.AppKey("api", ApiRegistry)
+STATIONS = web.AppKey("stations", StationDirectory)
+# paths whose POSTs authenticate themselves (signed webhooks), not by CSRF token
+CSRF_EXEMPT = web.AppKey("csrf_exempt", set[str])

@@ -25,6 +25,7 @@ from web.context import (
     is_secure,
     state,
 )
+from web.forms import form_data
 from web.i18n import LANGUAGES, best_language
 from web.render import render_html
 
@@ -128,12 +129,16 @@ def _error_response(request: web.Request, exc: HuiyunError) -> web.StreamRespons
     else:
         translate = gettext(request)
         fields = exc.field_errors if isinstance(exc, Invalid) else {}
+        message = translate(exc.message)
+        if message == exc.message and exc.status in (403, 404):
+            # a message naming an id has no translation: use the page's own
+            message = _page_messages(translate)[exc.status]
         response = render_html(
             request,
             "error.html",
             status=exc.status,
             error_status=exc.status,
-            message=translate(exc.message),
+            message=message,
             field_errors=fields,
             error_id=None,
         )
@@ -141,14 +146,18 @@ def _error_response(request: web.Request, exc: HuiyunError) -> web.StreamRespons
     return response
 
 
-def _http_error(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
-    translate = gettext(request)
-    messages = {
+def _page_messages(translate: Callable[[str], str]) -> dict[int, str]:
+    return {
         404: translate("The page or record was not found."),
         403: translate("You do not have access to this page."),
         405: translate("This method is not allowed here."),
         413: translate("The upload is too large."),
     }
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
+    translate = gettext(request)
+    messages = _page_messages(translate)
     default_text = f"{exc.status}: {exc.reason}"
     custom = exc.text if exc.text and exc.text != default_text else None
     message = custom or messages.get(exc.status, exc.reason)
@@ -263,6 +272,8 @@ async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
     current = state(request)
     if request.method not in UNSAFE_METHODS or current.via_token:
         return await handler(request)
+    if request.path in request.app[keys.CSRF_EXEMPT]:
+        return await handler(request)
     _check_origin(request)
     expected = (
         current.session.csrf_token
@@ -273,8 +284,7 @@ async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
     # multipart bodies may be large uploads: they carry the token in the header
     # or query string so the body is streamed by the handler, not read here
     if supplied is None and request.content_type == "application/x-www-form-urlencoded":
-        form = await request.post()
-        supplied = str(form.get("csrf_token", ""))
+        supplied = (await form_data(request)).get("csrf_token", "")
     if not expected or not supplied or not hmac.compare_digest(expected, supplied):
         logger.warning("csrf rejected method=%s path=%s", request.method, request.path)
         translate = gettext(request)

@@ -337,11 +337,6 @@ async def test_other_replies_and_unknown_numbers_change_nothing(
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the CSRF middleware refuses server-to-server POSTs; the gateway "
-    "webhook needs an exemption in web/middleware.py (see the school report)",
-)
 async def test_stop_through_the_whole_application(
     school_db: Database, settings: Settings
 ) -> None:

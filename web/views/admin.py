@@ -15,10 +15,11 @@ from commons.errors import Conflict, Invalid, NotFound
 from commons.identity import Role
 from web import keys
 from web.context import actor, require_user
-from web.forms import form_data
+from web.forms import form_data, whole_number
 from web.render import render_html
 
 PAGE_SIZE = 50
+MAX_PAGE = 1_000_000
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
@@ -37,13 +38,16 @@ def _user_filter(query: dict[str, str]) -> dict[str, Any]:
     return conditions
 
 
+def _page_number(text: str | None) -> int:
+    # an unusable page number shows the first page rather than an error
+    return whole_number(text, maximum=MAX_PAGE) or 1
+
+
 async def users_page(request: web.Request) -> web.Response:
     require_user(request, Role.ADMIN)
     database = request.app[keys.DATABASE]
     query = dict(request.query)
-    page = max(
-        int(query.get("page", "1")) if query.get("page", "1").isdigit() else 1, 1
-    )
+    page = _page_number(query.get("page"))
     cursor = (
         database[identity.USERS]
         .find(_user_filter(query), {"password_hash": 0})
@@ -247,19 +251,19 @@ def _audit_query(request: web.Request) -> tuple[audit.AuditQuery, dict[str, str]
 async def audit_page(request: web.Request) -> web.Response:
     require_user(request, Role.ADMIN)
     audit_query, raw = _audit_query(request)
-    page = int(raw["page"]) if raw.get("page", "").isdigit() else 1
+    page = _page_number(raw.get("page"))
     records = await audit.search(
         request.app[keys.DATABASE],
         audit_query,
         limit=PAGE_SIZE + 1,
-        offset=(max(page, 1) - 1) * PAGE_SIZE,
+        offset=(page - 1) * PAGE_SIZE,
     )
     return render_html(
         request,
         "admin/audit.html",
         records=records[:PAGE_SIZE],
         query=raw,
-        page=max(page, 1),
+        page=page,
         has_more=len(records) > PAGE_SIZE,
     )
 

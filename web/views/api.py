@@ -15,10 +15,11 @@ from commons.scope import Scope, find_in_scope, station_in_scope
 from web import keys
 from web.apispec import ApiRegistry, Operation, query_parameter
 from web.context import actor, require_user
-from web.forms import json_body
+from web.forms import json_body, whole_number
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
+MAX_OFFSET = 1_000_000_000
 
 STATION_SCHEMA = {
     "type": "object",
@@ -75,27 +76,39 @@ def paging(request: web.Request) -> tuple[int, int, str | None]:
     limit, offset = DEFAULT_LIMIT, 0
     raw_limit = request.query.get("limit")
     if raw_limit is not None:
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        parsed = whole_number(raw_limit, maximum=MAX_LIMIT)
+        if not parsed:
             errors["limit"] = (
                 f"expected an integer from 1 to {MAX_LIMIT}, got {raw_limit!r}"
             )
         else:
-            limit = int(raw_limit)
+            limit = parsed
     raw_offset = request.query.get("offset")
     if raw_offset is not None:
-        if not raw_offset.isdigit():
-            errors["offset"] = f"expected a non-negative integer, got {raw_offset!r}"
+        parsed = whole_number(raw_offset, maximum=MAX_OFFSET)
+        if parsed is None:
+            errors["offset"] = (
+                f"expected an integer from 0 to {MAX_OFFSET}, got {raw_offset!r}"
+            )
         else:
-            offset = int(raw_offset)
+            offset = parsed
     cursor = None
     if "cursor" in request.query:
-        try:
-            cursor = base64.urlsafe_b64decode(request.query["cursor"].encode()).decode()
-        except (binascii.Error, UnicodeDecodeError, ValueError):
+        cursor = decode_cursor(request.query["cursor"])
+        if cursor is None:
             errors["cursor"] = "not a cursor returned by this API"
     if errors:
         raise Invalid(errors)
     return limit, offset, cursor
+
+
+def decode_cursor(text: str) -> str | None:
+    # strict: a garbled cursor must not quietly restart the walk at the top
+    try:
+        key = base64.b64decode(text.encode(), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return key or None
 
 
 def encode_cursor(last_key: str) -> str:

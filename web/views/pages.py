@@ -35,11 +35,13 @@ async def home(request: web.Request) -> web.Response:
     scope = Scope.of(user)
     counts = {}
     if user.role is not Role.COUPLE:
-        stations_in_scope = database["stations"]
+        visible = [
+            d
+            for d in await request.app[keys.STATIONS].documents()
+            if scope.sees_station(d)
+        ]
         for level in ("city", "district", "street"):
-            counts[level] = await stations_in_scope.count_documents(
-                {**scope.station_filter(), "level": level}
-            )
+            counts[level] = sum(1 for d in visible if d["level"] == level)
         counts["staff"] = await database[identity.USERS].count_documents(
             scope.restrict({"role": {"$in": ["clinician", "expert"]}})
         )

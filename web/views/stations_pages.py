@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,27 +41,15 @@ def build_tree(documents: list[dict[str, Any]]) -> list[TreeNode]:
 async def visible_stations(
     request: web.Request, query: str = ""
 ) -> list[dict[str, Any]]:
+    """Stations in the caller's scope, optionally matching a name or code prefix."""
     scope = Scope.of(require_user(request, *STAFF_ROLES))
-    conditions: dict[str, Any] = dict(scope.station_filter())
-    if query:
-        pattern = re.escape(query.strip()[:40])
-        conditions = {
-            "$and": [
-                conditions,
-                {
-                    "$or": [
-                        {"name": {"$regex": pattern}},
-                        {"_id": {"$regex": "^" + pattern}},
-                    ]
-                },
-            ]
-        }
-    cursor = (
-        request.app[keys.DATABASE]["stations"]
-        .find(conditions, {"name": 1, "level": 1, "parent_code": 1, "path": 1})
-        .sort("_id", 1)
-    )
-    return [doc async for doc in cursor]
+    needle = query.strip()[:40]
+    return [
+        doc
+        for doc in await request.app[keys.STATIONS].documents()
+        if scope.sees_station(doc)
+        and (not needle or needle in doc["name"] or doc["_id"].startswith(needle))
+    ]
 
 
 async def tree_page(request: web.Request) -> web.Response:
@@ -70,10 +57,13 @@ async def tree_page(request: web.Request) -> web.Response:
     documents = await visible_stations(request)
     matches = await visible_stations(request, query) if query else []
     by_code = {doc["_id"]: doc for doc in documents}
-    for match in matches:
-        match["trail"] = [
-            by_code[c]["name"] for c in match["path"][:-1] if c in by_code
-        ]
+    matches = [
+        {
+            **match,
+            "trail": [by_code[c]["name"] for c in match["path"][:-1] if c in by_code],
+        }
+        for match in matches
+    ]
     counts = {
         level: sum(1 for d in documents if d["level"] == level)
         for level in ("city", "district", "street")
