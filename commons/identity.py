@@ -323,6 +323,24 @@ async def _check_throttle(
             )
 
 
+REGISTRATIONS_PER_ADDRESS = 10
+
+
+async def count_registration(database: Database, address: str) -> None:
+    """Limit sign-ups from one address: each tells whether a contact is taken."""
+    key = f"register:{address}"
+    since = now_utc() - THROTTLE_WINDOW
+    attempts = await database[LOGIN_FAILURES].count_documents(
+        {"key": key, "at": {"$gte": since}}
+    )
+    if attempts >= REGISTRATIONS_PER_ADDRESS:
+        raise RateLimited(
+            "too many registrations from this address; wait 15 minutes",
+            retry_after_seconds=int(THROTTLE_WINDOW.total_seconds()),
+        )
+    await database[LOGIN_FAILURES].insert_one({"key": key, "at": now_utc()})
+
+
 async def clear_failures(database: Database, username: str) -> None:
     await database[LOGIN_FAILURES].delete_many({"key": f"account:{username}"})
 

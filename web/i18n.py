@@ -43,6 +43,7 @@ DYNAMIC_MESSAGES = (
     N_("answered"),
     N_("closed"),
     N_("too many failed logins; wait 15 minutes and try again"),
+    N_("too many registrations from this address; wait 15 minutes"),
 )
 
 

@@ -139,8 +139,14 @@ async def create_user(request: web.Request) -> web.Response:
 
 async def edit_user_page(request: web.Request) -> web.Response:
     require_user(request, Role.ADMIN)
-    account = await identity.get_user(
-        request.app[keys.DATABASE], request.match_info["user_id"]
+    database = request.app[keys.DATABASE]
+    account = await identity.get_user(database, request.match_info["user_id"])
+    await audit.record(
+        database,
+        actor(request),
+        "account.read",
+        object_kind="account",
+        object_id=account.id,
     )
     return render_html(
         request,

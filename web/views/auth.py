@@ -206,6 +206,9 @@ async def register_page(request: web.Request) -> web.Response:
 async def register(request: web.Request) -> web.Response:
     """Couples register themselves with a phone number or an email address."""
     form = await form_data(request)
+    await identity.count_registration(
+        request.app[keys.DATABASE], client_address(request)
+    )
     translate = gettext(request)
     contact = form.get("contact", "").strip().lower()
     errors: dict[str, str] = {}
