@@ -105,9 +105,10 @@ BAD_FORMS = [
         "birth_date",
         "before the last menstrual period",
     ),
-    ({"station_code": ""}, "station_code", "choose your street"),
+    # messages of the school's own are translated: the page is zh-CN
+    ({"station_code": ""}, "station_code", "请选择您所属的街道"),
     ({"station_code": "999999999999"}, "station_code", "no station with code"),
-    ({"station_code": YANTA}, "station_code", "choose a street or township"),
+    ({"station_code": YANTA}, "station_code", "不能选择区县站或市级中心"),
 ]
 
 
@@ -231,7 +232,7 @@ async def test_a_clinician_enrols_a_couple_on_their_behalf(
         client, "/school/station/enrol", {"phone": "13800001111", "stage": "planning"}
     )
     assert refused.status == 422
-    assert "staff account" in await refused.text()
+    assert "该号码属于工作人员账号" in await refused.text()
 
 
 async def test_life_events_from_the_plan_page(
