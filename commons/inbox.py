@@ -2,7 +2,9 @@
 
 Every feature that tells a user something (a care-plan lesson, a consultation
 reminder, an answer to a question) puts a message here; email and SMS are
-extra channels on top.
+extra channels on top. One document shape for all of them: ``owner_id``,
+``kind``, ``title``, ``text`` (Markdown), ``link``, ``urgent``, ``created_at``,
+``read_at``; the pregnancy school's deliveries add their own fields.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pymongo.errors import DuplicateKeyError
+
 from commons.db import Database, index
 from commons.errors import NotFound
 from commons.identity import new_id, now_utc
@@ -20,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 COLLECTION = "inbox"
 INDEXES = (
-    index(COLLECTION, "user_id", "-created_at"),
-    index(COLLECTION, "user_id", "read_at"),
+    index(COLLECTION, "owner_id", "-created_at"),
+    index(COLLECTION, "owner_id", "read_at"),
     # one message per source event: a retried send cannot duplicate it
     index(COLLECTION, "dedup_key", unique=True, sparse=True),
 )
@@ -43,10 +47,10 @@ class Message:
     def from_document(cls, doc: dict[str, Any]) -> Message:
         return cls(
             id=doc["_id"],
-            user_id=doc["user_id"],
+            user_id=doc["owner_id"],
             kind=doc.get("kind", ""),
-            subject=doc["subject"],
-            body_markdown=doc.get("body_markdown", ""),
+            subject=doc.get("title", ""),
+            body_markdown=doc.get("text", ""),
             link=doc.get("link"),
             created_at=doc["created_at"],
             read_at=doc.get("read_at"),
@@ -66,14 +70,12 @@ async def send(
     dedup_key: str | None = None,
 ) -> str | None:
     """Put a message in a user's inbox; None when dedup_key was already used."""
-    from pymongo.errors import DuplicateKeyError
-
     document: dict[str, Any] = {
         "_id": new_id(),
-        "user_id": user_id,
+        "owner_id": user_id,
         "kind": kind,
-        "subject": subject[:200],
-        "body_markdown": body_markdown,
+        "title": subject[:200],
+        "text": body_markdown,
         "link": link,
         "urgent": urgent,
         "created_at": now_utc(),
@@ -96,7 +98,7 @@ async def messages(
 ) -> list[Message]:
     cursor = (
         database[COLLECTION]
-        .find({"user_id": user_id})
+        .find({"owner_id": user_id})
         .sort("created_at", -1)
         .skip(offset)
         .limit(limit)
@@ -106,7 +108,7 @@ async def messages(
 
 async def unread_count(database: Database, user_id: str) -> int:
     return await database[COLLECTION].count_documents(
-        {"user_id": user_id, "read_at": None}
+        {"owner_id": user_id, "read_at": None}
     )
 
 
@@ -114,10 +116,10 @@ async def mark_read(database: Database, user_id: str, message_id: str) -> Messag
     """Mark one of the user's own messages read; another user's is not found."""
     collection = database[COLLECTION]
     await collection.update_one(
-        {"_id": message_id, "user_id": user_id, "read_at": None},
+        {"_id": message_id, "owner_id": user_id, "read_at": None},
         {"$set": {"read_at": now_utc()}},
     )
-    document = await collection.find_one({"_id": message_id, "user_id": user_id})
+    document = await collection.find_one({"_id": message_id, "owner_id": user_id})
     if document is None:
         raise NotFound(f"no message with id {message_id!r}")
     return Message.from_document(document)

@@ -27,7 +27,7 @@ from commons.errors import Conflict, Forbidden, HuiyunError, Invalid, NotFound
 from commons.identity import Role, User, new_id, now_utc
 from commons.scope import Scope, find_in_scope
 from commons.stations import Level
-from consult import rules, states
+from consult import rules, states, statistics
 from consult.commands import Command
 from consult.models import RequestInput, Target, Urgency
 from consult.opinion import OpinionContent, SignedOpinion, sign
@@ -457,6 +457,9 @@ async def _write_transition(
     if changes.add:
         update["$addToSet"] = {k: {"$each": v} for k, v in changes.add.items()}
     await _write(step.database, doc, update)
+    await statistics.record_transition(
+        step.database, doc, new_state=new_state, changes=changes.set, added=changes.add
+    )
 
 
 async def _write(
@@ -799,6 +802,8 @@ async def _file_version(
             "$push": {"history": event},
         },
     )
+    if signed.version == 1:
+        await statistics.record_opinion(database, doc, signed.signed_at)
     await audit.record(
         database,
         actor,
@@ -885,3 +890,129 @@ async def _inviting_station(database: Database, user: User) -> dict[str, Any]:
             "only clinicians and experts of a station request consultations"
         )
     return await _station(database, user.station_code)
+
+
+# participants invited into the session
+
+
+INVITE_STATES = (State.SCHEDULED, State.LIVE)
+MAX_INVITED = 6
+
+
+async def invite(
+    database: Database,
+    scope: Scope,
+    user: User,
+    consultation_id: str,
+    invitee_id: str,
+    *,
+    actor: Actor,
+    now: datetime | None = None,
+) -> tuple[dict[str, Any], User]:
+    """Add a clinician or expert to the session's participants; audited.
+
+    An invited expert is also assigned, so they see the consultation; an
+    invited clinician must already see it through their station.
+    """
+    now = now or now_utc()
+    doc = await get(database, consultation_id, scope)
+    _check_inviter(doc, user)
+    invitee = await _invitee(database, doc, invitee_id)
+    event = _event(user, now, "invite", None, None)
+    event["note"] = invitee.display_name
+    added: dict[str, Any] = {"participant_ids": invitee.id}
+    if invitee.role is Role.EXPERT:
+        added["assigned_expert_ids"] = invitee.id
+    update = {
+        "$set": {"updated_at": now},
+        "$inc": {"version": 1},
+        "$push": {"history": event},
+        "$addToSet": added,
+    }
+    await _write(database, doc, update)
+    await audit.record(
+        database,
+        actor,
+        "consultation.participant_invited",
+        object_kind=KIND,
+        object_id=doc["_id"],
+        detail={"user_id": invitee.id},
+    )
+    logger.info("participant invited consultation=%s user=%s", doc["_id"], invitee.id)
+    return await _reload(database, doc["_id"]), invitee
+
+
+def _check_inviter(doc: Mapping[str, Any], user: User) -> None:
+    parties = rules.parties_of(user, doc)
+    if not parties & {states.Party.EXPERT, states.Party.INVITING}:
+        raise Forbidden(
+            "only the accepting expert and the inviting station invite others "
+            f"into consultation {doc['_id']}"
+        )
+    if doc["state"] not in INVITE_STATES:
+        raise Conflict(
+            f"consultation {doc['_id']} is {doc['state']}; others can be invited "
+            f"only while it is {' or '.join(INVITE_STATES)}"
+        )
+    if len(doc.get("participant_ids") or ()) >= MAX_INVITED:
+        raise Conflict(
+            f"consultation {doc['_id']} already has {MAX_INVITED} invited "
+            "participants, the most a session takes"
+        )
+
+
+async def _invitee(database: Database, doc: Mapping[str, Any], user_id: str) -> User:
+    found = await database[identity.USERS].find_one(
+        {
+            "_id": user_id,
+            "role": {"$in": [str(role) for role in rules.STAFF_ROLES]},
+            "disabled": False,
+        },
+        {"password_hash": 0},
+    )
+    if found is None:
+        raise Invalid({"user_id": f"no clinician or expert with id {user_id!r}"})
+    invitee = User.from_document(found)
+    if invitee.id in (doc.get("participant_ids") or ()) or invitee.id in (
+        doc.get("requested_by_id"),
+        doc.get("expert_id"),
+    ):
+        raise Conflict(f"{invitee.display_name} already takes part in the session")
+    if invitee.role is Role.CLINICIAN:
+        try:
+            await get(database, doc["_id"], Scope.of(invitee))
+        except NotFound:
+            message = (
+                "a clinician of another station cannot see this consultation; "
+                "invite an expert, or a clinician of the inviting or invited station"
+            )
+            raise Invalid({"user_id": message}) from None
+    return invitee
+
+
+async def invite_candidates(
+    database: Database, doc: Mapping[str, Any], *, limit: int = 100
+) -> list[User]:
+    """Experts of the stations involved and clinicians of both stations,
+    not yet in the session, for the invitation form."""
+    codes = {*doc.get("station_path", ()), *doc.get("invited_path", ())}
+    experts = await experts_at(database, codes)
+    cursor = (
+        database[identity.USERS]
+        .find(
+            {
+                "role": str(Role.CLINICIAN),
+                "disabled": False,
+                "station_code": {
+                    "$in": sorted({doc["station_code"], doc["target_station_code"]})
+                },
+            },
+            {"password_hash": 0},
+        )
+        .sort([("station_code", 1), ("display_name", 1)])
+        .limit(limit)
+    )
+    clinicians = [User.from_document(found) async for found in cursor]
+    taken = {doc.get("requested_by_id"), doc.get("expert_id"),
+             *(doc.get("participant_ids") or ())}  # fmt: skip
+    return [u for u in (*experts, *clinicians) if u.id not in taken][:limit]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from commons import audit, identity, stations
+from commons import audit, identity, inbox, stations
 from commons.db import Database, IndexSpec, open_database
 from commons.settings import Settings
 from web import i18n, jobs, keys, middleware, recordings, render
@@ -17,6 +17,9 @@ from web.views import (
     api,
     auth,
     consult,
+    consult_files,
+    consult_live,
+    consult_stats,
     pages,
     questions,
     rooms,
@@ -33,7 +36,7 @@ Setup = Callable[[web.Application], None]
 
 
 def kernel_indexes() -> Iterable[IndexSpec]:
-    return (*stations.INDEXES, *identity.INDEXES, *audit.INDEXES)
+    return (*stations.INDEXES, *identity.INDEXES, *audit.INDEXES, *inbox.INDEXES)
 
 
 def create_app(
@@ -67,6 +70,9 @@ def create_app(
         recordings.setup,
         rooms.setup,
         consult.setup,
+        consult_files.setup,
+        consult_live.setup,
+        consult_stats.setup,
         school.setup,
         *extra_setups,
     ):

@@ -7,6 +7,7 @@ render. Typed errors become pages or JSON in `web.middleware.errors`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Mapping
@@ -52,6 +53,10 @@ PAGE_SIZE = 50
 MAX_API_LIMIT = 200
 ID_PATTERN = re.compile(r"[0-9a-f]{24}")
 ROOM_POLICIES = "room_policies"
+# features set up after this one register here (web.views.consult_live):
+# hooks run after each move, parts add data to the detail page by name
+TRANSITION_HOOKS = "consult_transition_hooks"
+DETAIL_PARTS = "consult_detail_parts"
 
 STATE_LABELS: dict[str, str] = {
     State.DRAFT: N_("Draft"),
@@ -91,6 +96,7 @@ EVENT_LABELS: dict[str, str] = {
     "amend": N_("Opinion amended"),
     "acknowledge": N_("Opinion acknowledged"),
     "cancel": N_("Cancelled"),
+    "invite": N_("Participant invited"),
 }
 URGENCY_LABELS: dict[str, str] = {
     Urgency.ROUTINE: N_("Routine"),
@@ -169,6 +175,29 @@ async def _resolve(request: web.Request) -> tuple[User, Scope, dict[str, Any]]:
     scope = Scope.of(user)
     doc = await store.get(request.app[keys.DATABASE], _consultation_id(request), scope)
     return user, scope, doc
+
+
+async def after_transition(
+    request: web.Request, doc: dict[str, Any], action: Action
+) -> None:
+    """Let other features react to a move already saved (notices, the room)."""
+    for hook in request.app[keys.SERVICES].get(TRANSITION_HOOKS, ()):
+        try:
+            await hook(request.app, doc, action)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # the move is saved: a failed follow-up must not answer 500
+            logger.exception(
+                "transition hook failed consultation=%s action=%s", doc["_id"], action
+            )
+
+
+async def _detail_parts(
+    request: web.Request, user: User, doc: dict[str, Any]
+) -> dict[str, Any]:
+    parts = request.app[keys.SERVICES].get(DETAIL_PARTS, {})
+    return {name: await part(request, user, doc) for name, part in parts.items()}
 
 
 # list
@@ -327,7 +356,7 @@ async def _send_if_asked(
         return
     command = Command(action=Action.SUBMIT, version=doc["version"])
     try:
-        await store.apply(
+        sent = await store.apply(
             request.app[keys.DATABASE],
             Scope.of(user),
             user,
@@ -338,6 +367,7 @@ async def _send_if_asked(
     except Invalid:
         # the draft page says what is missing (consent) and offers to send
         raise web.HTTPSeeOther(f"/consultations/{doc['_id']}?unsent=1") from None
+    await after_transition(request, sent, Action.SUBMIT)
 
 
 async def edit_page(request: web.Request) -> web.Response:
@@ -435,6 +465,7 @@ class DetailPage:
     slot_default: str
     is_participant: bool
     recordings: list[dict[str, Any]]
+    parts: Mapping[str, Any]
     labels: Labels = LABELS
     default_minutes: int = DEFAULT_MINUTES
     titles: tuple[Title, ...] = tuple(Title)
@@ -501,6 +532,7 @@ async def _detail(
         slot_default=_slot_default(doc),
         is_participant=user.id in participant_ids(doc),
         recordings=await recordings.list_for_room(request.app, room_name(doc["_id"])),
+        parts=await _detail_parts(request, user, doc),
     )
 
 
@@ -556,6 +588,7 @@ async def transition_page(request: web.Request) -> web.Response:
         command,
         actor=actor(request),
     )
+    await after_transition(request, doc, command.action)
     # TODO(signaling): evict peers still in the room when the session ends;
     # needs a close-room call on SignalingService (new joins are refused now)
     joins = form.get("next") == "room" and user.id in participant_ids(doc)
@@ -763,6 +796,7 @@ async def api_create(request: web.Request) -> web.Response:
             Command(action=Action.SUBMIT, version=doc["version"]),
             actor=actor(request),
         )
+        await after_transition(request, doc, Action.SUBMIT)
     return web.json_response(await _json_for(request, doc), status=201)
 
 
@@ -814,6 +848,7 @@ async def api_transition(request: web.Request) -> web.Response:
         command,
         actor=actor(request),
     )
+    await after_transition(request, doc, command.action)
     return web.json_response(await _json_for(request, doc))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from commons import identity
+from commons import identity, inbox
 from commons.identity import Role
 from commons.scope import Scope
 from web import keys
@@ -81,3 +81,26 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/", home)
     app.router.add_get("/account", account)
     app.router.add_post("/language", switch_language)
+    app.router.add_get("/inbox", inbox_page)
+    app.router.add_post("/inbox/{message_id}/read", mark_inbox_read)
+
+
+async def inbox_page(request: web.Request) -> web.Response:
+    """Every user's messages: reminders, alerts, answers and invitations."""
+    user = require_user(request)
+    database = request.app[keys.DATABASE]
+    messages = await inbox.messages(database, user.id, limit=100)
+    return render_html(
+        request,
+        "inbox.html",
+        messages=messages,
+        unread=sum(1 for m in messages if m.read_at is None),
+    )
+
+
+async def mark_inbox_read(request: web.Request) -> web.Response:
+    user = require_user(request)
+    await inbox.mark_read(
+        request.app[keys.DATABASE], user.id, request.match_info["message_id"]
+    )
+    raise web.HTTPSeeOther("/inbox")

@@ -1,0 +1,288 @@
+"""Pregnancy school: catch-up after the dispatcher was down for 3 days.
+
+    .venv/bin/python -m bench.school_catchup [--enrolments 100000] [--outage-days 3]
+
+The population of `bench/school_dispatch.py` is loaded with the deliveries
+due before the outage stored as sent and those due after its start pending,
+as if no dispatcher ran from 10:00 Asia/Shanghai on the first day of the
+outage until 10:00 three days later. Then two real dispatchers (two workers
+of one process, as two processes would share the database) run their pass
+together at that moment. Every overdue delivery whose window is still open
+must be sent exactly once and every one whose window has closed skipped;
+the script checks both against the stored documents, counts the inbox
+documents per delivery and per plan item, and runs a second pass that must
+send nothing. The baseline bulk-inserts the same inbox documents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pymongo import monitoring
+
+from bench import school_population as population
+from bench.common import (
+    BenchError,
+    describe_machine,
+    emit,
+    machine,
+    markdown_table,
+    ratio,
+)
+from bench.school_dispatch import (
+    BASELINE,
+    CpuClock,
+    Timed,
+    baseline,
+    commands_table,
+    shape_check,
+)
+from commons.db import Database, open_database
+from commons.settings import load_settings
+from school.delivery import DeliveryState
+from school.dispatcher import PassReport
+from school.store import DELIVERIES, INBOX, Library
+
+# the day the dispatcher comes back, and when
+DAY = dt.date(2026, 3, 2)
+BACK_AT = (10, 0)
+SEED = 20260302
+WORKERS = 2
+COMMANDS = population.CommandTimes()
+
+
+def expected(
+    overdue: Sequence[dict[str, Any]], now: dt.datetime
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(to send, to skip) at `now`: skipped once the item's window has closed."""
+    send: list[dict[str, Any]] = []
+    skip: list[dict[str, Any]] = []
+    for document in overdue:
+        closes = document.get("closes_at")
+        (skip if closes is not None and now >= closes else send).append(document)
+    return send, skip
+
+
+async def catch_up(
+    database: Database,
+    library: Library,
+    clock: CpuClock,
+    now: dt.datetime,
+    *,
+    record: bool,
+) -> tuple[list[PassReport], Timed]:
+    """One pass of each worker, all at once; `record` times their commands."""
+    workers = [
+        population.dispatcher(database, library, f"bench-catchup-{n}")
+        for n in range(1, WORKERS + 1)
+    ]
+    start = clock.read()
+    COMMANDS.recording = record
+    reports = await asyncio.gather(*(w.run_once(now=now) for w in workers))
+    COMMANDS.recording = False
+    return list(reports), clock.since(start)
+
+
+async def duplicates(database: Database) -> dict[str, int]:
+    """Inbox documents per delivery and per plan item: more than one is a
+    duplicate (the inbox's id is the delivery's, so look by item too)."""
+    per_delivery: Counter[str] = Counter()
+    per_item: Counter[tuple[str, str]] = Counter()
+    async for document in database[INBOX].find({}, {"enrolment_id": 1, "item_key": 1}):
+        per_delivery[document["_id"]] += 1
+        per_item[(document["enrolment_id"], document["item_key"])] += 1
+    return {
+        "inbox_documents": sum(per_delivery.values()),
+        "deliveries_with_more_than_one": sum(1 for n in per_delivery.values() if n > 1),
+        "items_with_more_than_one": sum(1 for n in per_item.values() if n > 1),
+    }
+
+
+async def verify(
+    database: Database,
+    send: Sequence[dict[str, Any]],
+    skip: Sequence[dict[str, Any]],
+    messages: Sequence[dict[str, Any]],
+) -> dict[str, int]:
+    """Each expected delivery ended as expected, claimed once, and the inbox
+    holds exactly the messages of the sent ones."""
+    wanted = {d["_id"]: DeliveryState.SENT for d in send}
+    wanted.update({d["_id"]: DeliveryState.SKIPPED for d in skip})
+    wrong = reclaimed = 0
+    cursor = database[DELIVERIES].find(
+        {"_id": {"$in": list(wanted)}}, {"state": 1, "attempts": 1}
+    )
+    async for document in cursor:
+        wrong += document["state"] != wanted[document["_id"]]
+        reclaimed += document["attempts"] != 1
+    await population.check_inbox(database, messages)
+    return {"wrong_final_state": wrong, "claimed_more_than_once": reclaimed}
+
+
+async def run(
+    database: Database, data_dir: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    library = Library.load()
+    streets = await population.prepare(database)
+    shapes = await shape_check(database, library, streets)
+    print(f"shape check passed: {shapes}", flush=True)
+
+    # the population, as the outage left it
+    now = population.shanghai(DAY, *BACK_AT)
+    went_down = now - dt.timedelta(days=args.outage_days)
+    window = population.Window(
+        stored_from=went_down - dt.timedelta(days=args.history_days),
+        sent_before=went_down,
+        stored_until=now + dt.timedelta(days=args.horizon_days),
+    )
+    people = population.enrolments(args.enrolments, DAY, streets, seed=SEED)
+    loaded = await population.load(database, library, people, window)
+    print(f"loaded: {loaded}", flush=True)
+
+    # what the catch-up must do, and the baseline's documents
+    overdue = await population.due_documents(database, now)
+    send, skip = expected(overdue, now)
+    compose = population.composer(library).compose
+    created = dt.datetime.now(dt.UTC)
+    messages = [population.inbox_document(compose(d, None), created) for d in send]
+    clock = CpuClock(data_dir)
+
+    before = await baseline(database, messages, clock, BASELINE + "_before")
+    reports, ours = await catch_up(database, library, clock, now, record=True)
+    after = await baseline(database, messages, clock, BASELINE + "_after")
+    again, _ = await catch_up(database, library, clock, now, record=False)
+
+    checks = await verify(database, send, skip, messages)
+    checks.update(await duplicates(database))
+    checks["sent_by_second_pass"] = sum(r.sent for r in again)
+    results = figures(args, loaded, send, skip, reports, ours, (before, after))
+    results.update(checks=checks, shape_check=shapes)
+    failed = {
+        k: v for k, v in checks.items() if k not in ("inbox_documents",) and v != 0
+    }
+    if failed or checks["inbox_documents"] != len(send):
+        raise BenchError(f"catch-up went wrong: {checks}")
+    return results
+
+
+def figures(
+    args: argparse.Namespace,
+    loaded: population.Loaded,
+    send: Sequence[dict[str, Any]],
+    skip: Sequence[dict[str, Any]],
+    reports: Sequence[PassReport],
+    ours: Timed,
+    baselines: tuple[Timed, Timed],
+) -> dict[str, Any]:
+    total: Counter[str] = Counter()
+    for report in reports:
+        total.update(report.as_dict())
+    handled = total["sent"] + total["skipped"]
+    our_rate = handled / ours.seconds
+    base_rates = [len(send) / b.seconds for b in baselines]
+    return {
+        "enrolments": loaded.enrolments,
+        "deliveries_stored": loaded.deliveries,
+        "deliveries_stored_sent": loaded.sent,
+        "deliveries_stored_pending": loaded.pending,
+        "bulk_load_seconds": round(loaded.insert_seconds, 1),
+        "outage_days": args.outage_days,
+        "overdue": len(send) + len(skip),
+        "expected_sent": len(send),
+        "expected_skipped": len(skip),
+        "skip_reasons": _reasons(skip),
+        "workers": WORKERS,
+        "passes": [r.as_dict() for r in reports],
+        "sent": total["sent"],
+        "skipped": total["skipped"],
+        "lost_claims": total["lost"],
+        "catch_up_seconds": round(ours.seconds, 1),
+        "catch_up_deliveries_per_second": round(our_rate, 1),
+        "cpu_ms_per_delivery_bench_process": _per(ours.our_cpu_seconds, handled),
+        "cpu_ms_per_delivery_database": _per(ours.database_cpu_seconds, handled),
+        "baseline_seconds": [round(b.seconds, 2) for b in baselines],
+        "baseline_documents_per_second": [round(r) for r in base_rates],
+        "ratio_ours_over_baseline": ratio(our_rate, sum(base_rates) / 2),
+        "commands_during_catch_up": COMMANDS.summary(),
+        "history_days": args.history_days,
+        "horizon_days": args.horizon_days,
+    }
+
+
+def _reasons(skip: Sequence[dict[str, Any]]) -> dict[str, int]:
+    return dict(Counter(str(d["kind"]) for d in skip))
+
+
+def _per(seconds: float, count: int) -> float:
+    return round(seconds * 1000 / count, 2) if count else 0.0
+
+
+def summary(results: dict[str, Any]) -> str:
+    checks = results["checks"]
+    rows = [
+        ["overdue deliveries at restart", results["overdue"]],
+        [
+            "expected sent / skipped",
+            f"{results['expected_sent']} / {results['expected_skipped']}",
+        ],
+        ["sent / skipped", f"**{results['sent']} / {results['skipped']}**"],
+        ["catch-up time s (2 workers)", f"**{results['catch_up_seconds']}**"],
+        ["deliveries per second", results["catch_up_deliveries_per_second"]],
+        ["claims lost to the other worker", results["lost_claims"]],
+        [
+            "baseline bulk insert docs/s (before, after)",
+            " / ".join(str(r) for r in results["baseline_documents_per_second"]),
+        ],
+        ["**ratio catch-up / baseline**", f"**{results['ratio_ours_over_baseline']}**"],
+        ["inbox documents", checks["inbox_documents"]],
+        [
+            "deliveries / plan items with more than one inbox document",
+            f"**{checks['deliveries_with_more_than_one']} / "
+            f"{checks['items_with_more_than_one']}**",
+        ],
+        ["deliveries claimed more than once", checks["claimed_more_than_once"]],
+        ["sent by a second pass", checks["sent_by_second_pass"]],
+    ]
+    return markdown_table(["figure", "value"], rows)
+
+
+async def main(args: argparse.Namespace) -> None:
+    facts = machine()
+    print(describe_machine(facts), flush=True)
+    with tempfile.TemporaryDirectory(prefix="huiyun-school-") as data_dir:
+        logging.basicConfig(
+            level=logging.INFO,
+            filename=Path(data_dir) / "bench.log",
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        )
+        logging.getLogger("pymongo").setLevel(logging.WARNING)
+        monitoring.register(COMMANDS)
+        settings = load_settings(
+            {"data_dir": data_dir, "database_name": "bench", "secret_key": "bench"},
+            environ={},
+        )
+        database = await open_database(settings)
+        try:
+            results = await run(database, Path(data_dir), args)
+        finally:
+            await database.close()
+    print(summary(results))
+    print(commands_table(results["commands_during_catch_up"]))
+    emit("school_catchup", facts, results)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--enrolments", type=int, default=100_000)
+    parser.add_argument("--outage-days", type=int, default=3)
+    parser.add_argument("--history-days", type=int, default=7)
+    parser.add_argument("--horizon-days", type=int, default=7)
+    asyncio.run(main(parser.parse_args()))
