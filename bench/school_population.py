@@ -31,8 +31,8 @@ from commons.db import Database
 from commons.identity import new_id
 from school import enrolment, store
 from school.channels import Composer, InboxSender, OutgoingMessage
-from school.delivery import Channel, DeliveryState
-from school.dispatcher import LEASE_SECONDS, Dispatcher
+from school.delivery import CLAIMABLE, Channel, DeliveryState
+from school.dispatcher import BATCH_SIZE, LEASE_SECONDS, Dispatcher
 from school.risks import RiskFactor
 from school.store import DELIVERIES, ENROLMENTS, INBOX, Library
 
@@ -71,12 +71,48 @@ def composer(library: Library) -> Composer:
     return Composer(library=library, base_url=BASE_URL, secret_key=SECRET_KEY)
 
 
-def dispatcher(database: Database, library: Library, worker_id: str) -> Dispatcher:
-    """The real dispatcher with the inbox channel only, as on a site without
-    SMTP or gateway settings."""
+class PerStateDispatcher(Dispatcher):
+    """The dispatcher with one due query per claimable state (a proposal, not
+    huiyun's code): SecantusDB 0.7.0b3 serves `state` equality plus an
+    `available_at` range from the (state, available_at) index, but plans the
+    stock `$in` over the states as a collection scan."""
+
+    async def _due(self, now: dt.datetime) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for state in CLAIMABLE:
+            query = {"state": str(state), "available_at": {"$lte": now}}
+            cursor = (
+                self.database[DELIVERIES]
+                .find(query)
+                .sort("available_at", 1)
+                .limit(self.batch_size)
+            )
+            found += [doc async for doc in cursor]
+        found.sort(key=lambda doc: doc["available_at"])
+        return found[: self.batch_size]
+
+
+DUE_QUERIES: Final = {"stock": Dispatcher, "per-state": PerStateDispatcher}
+
+
+def dispatcher(
+    database: Database,
+    library: Library,
+    worker_id: str,
+    *,
+    due_query: str = "stock",
+    batch_size: int = BATCH_SIZE,
+) -> Dispatcher:
+    """The dispatcher with the inbox channel only, as on a site without SMTP
+    or gateway settings; `due_query` "stock" is huiyun's own."""
     senders = {Channel.INBOX: InboxSender(database)}
-    return Dispatcher(
-        database, library, senders, composer(library), worker_id=worker_id
+    return DUE_QUERIES[due_query](
+        database,
+        library,
+        senders,
+        composer(library),
+        worker_id=worker_id,
+        batch_size=batch_size,
     )
 
 

@@ -18,6 +18,8 @@ from commons.db import Database
 
 logger = logging.getLogger(__name__)
 BATCH = 1000
+# live logins and throttle counters: restoring them would revive old sessions
+TRANSIENT = frozenset({"sessions", "login_failures"})
 
 
 class BackupError(RuntimeError):
@@ -29,7 +31,7 @@ async def dump(database: Database, directory: Path) -> dict[str, int]:
     target.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     for name in sorted(await database.db.list_collection_names()):
-        if name.startswith("system."):
+        if name.startswith("system.") or name in TRANSIENT:
             continue
         counts[name] = await _dump_collection(database, name, target)
     logger.info("backup written dir=%s collections=%d", directory, len(counts))

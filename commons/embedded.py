@@ -69,7 +69,9 @@ class EmbeddedServer:
 def ensure_server(data_dir: Path) -> EmbeddedServer:
     """Connect to the embedded server of data_dir, starting it when none runs."""
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # the embedded server has no passwords: its files and port are
+        # protected by the data directory being private to this account
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         probe = data_dir / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
@@ -211,6 +213,7 @@ def _read_state(data_dir: Path) -> dict[str, int] | None:
 def _write_state(data_dir: Path, *, port: int, pid: int, owner: int) -> None:
     temporary = data_dir / "db.json.tmp"
     temporary.write_text(json.dumps({"port": port, "pid": pid, "owner": owner}))
+    temporary.chmod(0o600)
     temporary.replace(_state_file(data_dir))
 
 

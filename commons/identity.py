@@ -287,8 +287,18 @@ async def authenticate(
     per_account: int,
     per_address: int,
 ) -> User:
-    """Check a login; raise RateLimited when throttled, LoginRefused when wrong."""
+    """Check a login; raise RateLimited when throttled, LoginRefused when wrong.
+
+    The attempt is written before it is counted and the password checked, so
+    a burst of parallel guesses sees itself and cannot slip past the limit;
+    a good password removes its own attempt again.
+    """
     username = normalise_username(username)
+    attempts = [
+        {"_id": new_id(), "key": f"account:{username}", "at": now_utc()},
+        {"_id": new_id(), "key": f"address:{address}", "at": now_utc()},
+    ]
+    await database[LOGIN_FAILURES].insert_many(attempts)
     await _check_throttle(database, username, address, per_account, per_address)
     document = await database[USERS].find_one({"username": username})
     password_hash = (
@@ -296,13 +306,10 @@ async def authenticate(
     )
     good = await _verify(password_hash, password)
     if not good or document is None or document.get("disabled"):
-        await database[LOGIN_FAILURES].insert_many(
-            [
-                {"key": f"account:{username}", "at": now_utc()},
-                {"key": f"address:{address}", "at": now_utc()},
-            ]
-        )
         raise LoginRefused
+    await database[LOGIN_FAILURES].delete_many(
+        {"_id": {"$in": [attempt["_id"] for attempt in attempts]}}
+    )
     return User.from_document(document)
 
 
@@ -316,7 +323,8 @@ async def _check_throttle(
         (f"address:{address}", per_address),
     ):
         count = await failures.count_documents({"key": key, "at": {"$gte": since}})
-        if count >= limit:
+        # the current attempt is already counted
+        if count > limit:
             raise RateLimited(
                 "too many failed logins; wait 15 minutes and try again",
                 retry_after_seconds=int(THROTTLE_WINDOW.total_seconds()),

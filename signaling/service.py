@@ -124,6 +124,29 @@ class SignalingService:
 
     # -- introspection (tests, benchmarks, admin pages) -------------------
 
+    async def close_room(self, room: str, reason: str) -> int:
+        """End a room now: every peer gets 'bye' with the reason and is closed.
+
+        The owner of the room calls this when its admission window ends early
+        (a consultation leaving 'live'); returns how many peers were there.
+        """
+        current = self._rooms.get(room)
+        if current is None:
+            return 0
+        slots = list(current.slots.values())
+        for slot in slots:
+            if slot.connection is not None:
+                self._remove(
+                    slot.connection, reason, CloseCode.ADMISSION_ENDED, bye=reason
+                )
+            elif slot.state is not PeerState.GONE:
+                self._retire(current, slot, reason)
+        await self._stop_recorder(room)
+        logger.info(
+            "room=%s closed by owner peers=%d reason=%s", room, len(slots), reason
+        )
+        return len(slots)
+
     def room_peers(self, room: str) -> dict[str, PeerState]:
         """Peer ids of a room and their states."""
         held = self._rooms.get(room)

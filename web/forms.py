@@ -7,9 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from commons.errors import BadRequest
+from commons.errors import BadRequest, Invalid
 
-MAX_FIELD_CHARS = 10_000
+# the longest text any form takes (a signed opinion); longer is refused, never
+# cut: a silently shortened field could be signed as if whole
+MAX_FIELD_CHARS = 20_000
 
 
 async def form_data(request: web.Request) -> dict[str, str]:
@@ -27,9 +29,16 @@ async def form_data(request: web.Request) -> dict[str, str]:
         # aiohttp's words for a broken multipart body (no boundary, no name)
         raise BadRequest(f"the form cannot be read: {exc}") from None
     values = {}
+    too_long = {}
     for key, value in form.items():
         if isinstance(value, str):
-            values[key] = value[:MAX_FIELD_CHARS]
+            if len(value) > MAX_FIELD_CHARS:
+                too_long[key] = (
+                    f"at most {MAX_FIELD_CHARS} characters, got {len(value)}"
+                )
+            values[key] = value
+    if too_long:
+        raise Invalid(too_long)
     return values
 
 
@@ -44,6 +53,9 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    except ValueError:
+        # e.g. an integer of thousands of digits, past Python's conversion limit
+        raise BadRequest("the body is not valid JSON: a number is too long") from None
     except RecursionError:
         raise BadRequest("the body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):

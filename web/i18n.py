@@ -44,6 +44,23 @@ DYNAMIC_MESSAGES = (
     N_("closed"),
     N_("too many failed logins; wait 15 minutes and try again"),
     N_("too many registrations from this address; wait 15 minutes"),
+    # notices built in consult/notify.py and consult/reminders.py, by value
+    N_("Emergency consultation request from %(station)s"),
+    N_(
+        "An emergency remote consultation request (%(number)s) from %(station)s "
+        "waits at your station. Open it now: %(url)s"
+    ),
+    N_("You are invited to remote consultation %(number)s"),
+    N_(
+        "%(name)s invited you into the video session of remote consultation "
+        "%(number)s. Open the consultation page to join: %(url)s"
+    ),
+    N_("Remote consultation %(number)s at %(time)s"),
+    N_(
+        "Reminder: remote consultation %(number)s starts at %(time)s "
+        "(Asia/Shanghai). The video room opens 15 minutes before; join from the "
+        "consultation page: %(url)s"
+    ),
 )
 
 

@@ -67,11 +67,20 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
         logger.info(
             "request method=%s path=%s status=%s ms=%.1f user=%s",
             request.method,
-            request.path,
+            _loggable(request.path),
             status,
             (time.perf_counter() - started) * 1000,
             user.id if user else "-",
         )
+
+
+def _loggable(path: str) -> str:
+    """The path with control characters escaped: one request, one log line."""
+    return (
+        path.encode("unicode_escape").decode("ascii")
+        if not path.isprintable()
+        else path
+    )
 
 
 @web.middleware
@@ -199,13 +208,13 @@ async def security_headers(
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        _add_security_headers(request, exc)
+        add_security_headers(request, exc)
         raise
-    _add_security_headers(request, response)
+    add_security_headers(request, response)
     return response
 
 
-def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
     headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -237,6 +246,10 @@ async def authentication(request: web.Request, handler: Handler) -> web.StreamRe
     settings = request.app[keys.SETTINGS]
     current = state(request)
     authorization = request.headers.get("Authorization", "")
+    if authorization and not is_api(request):
+        # pages use the session: a stolen API token must not reach forms
+        # (minting tokens, changing passwords) that skip the CSRF check
+        raise Unauthenticated("API tokens work on /api/ only; log in for pages")
     if authorization:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

@@ -9,6 +9,7 @@ import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from PIL import Image
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from commons.db import Database
@@ -72,7 +73,8 @@ async def act(page: Page, action: str) -> None:
 
 
 async def test_request_to_report_with_video(
-    make_client, seeded: Database, browser: Browser, screenshot_dir: Path
+    make_client, seeded: Database, browser: Browser, screenshot_dir: Path,
+    tmp_path: Path,
 ) -> None:
     server = await make_client()
     base = live_url(server)
@@ -100,11 +102,23 @@ async def test_request_to_report_with_video(
     question = clinician.locator("[data-testid=case-question]")
     await expect(question).to_have_text("是否需要转上级医院？<script>alert(1)</script>")
 
+    # an ultrasound image goes with the request, and the expert can open it
+    scan = tmp_path / "ultrasound.png"
+    Image.new("RGB", (64, 48), (30, 30, 30)).save(scan, format="PNG")
+    await clinician.set_input_files("[data-testid=attachment-input]", str(scan))
+    await clinician.click("[data-testid=attachment-upload]")
+    await expect(clinician.locator("[data-testid=attachment-name]")).to_have_text(
+        "ultrasound.png"
+    )
+
     # the district expert finds it in the queue, accepts and schedules
     await expert.goto(f"{base}/consultations")
     row = expert.locator(f"tr[data-id='{consultation_id}']")
     await expect(row).to_contain_text("张某某")
     await row.locator("a").click()
+    await expect(expert.locator("[data-testid=attachment-name]")).to_have_text(
+        "ultrasound.png"
+    )
     await act(expert, "accept")
     await expect(expert.locator("[data-testid=state]")).to_have_attribute(
         "data-state", "accepted"

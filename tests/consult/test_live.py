@@ -17,7 +17,6 @@ from commons.identity import User, now_utc
 from commons.settings import Settings
 from consult import chat, notify, reminders
 from consult.room import admission_for
-from signaling.service import SignalingService
 from tests.consult.conftest import OTHER_DISTRICT, People
 from tests.consult.test_reminders import act, give_email, scheduled_at
 from tests.consult.test_web import api_request
@@ -484,10 +483,6 @@ async def test_after_the_session_ends_the_room_refuses_new_joins(
     await socket.close()
 
 
-@pytest.mark.skipif(
-    not hasattr(SignalingService, "close_room"),
-    reason="needs SignalingService.close_room(room, reason) -> int",
-)
 async def test_a_peer_in_the_room_is_told_bye_when_the_session_ends(
     make_client: Any, consult_db: Database, people: People
 ) -> None:

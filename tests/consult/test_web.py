@@ -409,6 +409,11 @@ async def test_openapi_documents_the_consultation_api(
         one + "/opinion/signatures": ["post"],
         one + "/opinion/amendments": ["post"],
         one + "/reveal": ["post"],
+        one + "/attachments": ["get", "post"],
+        one + "/attachments/{attachment_id}/content": ["get"],
+        one + "/chat": ["get", "post"],
+        one + "/participants": ["post"],
+        "/api/v1/consultations/statistics": ["get"],
     }
     schemas = document["components"]["schemas"]
     assert schemas["ConsultationTransition"]["properties"]["action"]["enum"] == [

@@ -226,13 +226,27 @@ async def test_a_clinician_enrols_a_couple_on_their_behalf(
     await login(fresh, "13912345678", password.group(1))
     assert (await fresh.get("/school/plan")).status == 200
 
-    # a staff number is refused, and nothing is stored for it
+    # an existing account is never linked, and the answer is the same for a
+    # staff number, a registered couple and an enrolled couple: no pregnancy
+    # status leaks and no plan is attached to someone else's account
     await create_account(school_db, "13800001111", "clinician", XIAOZHAILU)
-    refused = await post(
-        client, "/school/station/enrol", {"phone": "13800001111", "stage": "planning"}
+    await create_account(school_db, "13800002222", "couple")
+    before = await school_db[store.ENROLMENTS].count_documents({})
+    answers = set()
+    for phone in ("13800001111", "13800002222", "13912345678"):
+        refused = await post(
+            client, "/school/station/enrol", {"phone": phone, "stage": "planning"}
+        )
+        assert refused.status == 422
+        shown = re.search(r'data-field="phone">([^<]*)<', await refused.text())
+        assert shown is not None
+        answers.add(shown.group(1))
+    assert answers == {"该号码已有账号：请夫妇登录后自行报名，并选择贵站"}
+    assert await school_db[store.ENROLMENTS].count_documents({}) == before
+    refusals = await school_db["audit"].count_documents(
+        {"action": "enrolment.existing_account_refused"}
     )
-    assert refused.status == 422
-    assert "该号码属于工作人员账号" in await refused.text()
+    assert refusals == 3
 
 
 async def test_life_events_from_the_plan_page(

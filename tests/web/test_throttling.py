@@ -75,3 +75,19 @@ async def test_throttle_message_in_chinese(client: Client, seeded: Database) -> 
     chinese = i18n.load_catalogs()["zh-CN"].gettext(THROTTLED)
     assert chinese != THROTTLED
     assert message == chinese
+
+
+async def test_a_parallel_burst_cannot_pass_the_limit(
+    client: Client, seeded: Database
+) -> None:
+    await create_account(seeded, "burst1", "clinician", XIAOZHAILU)
+    import asyncio
+
+    results = await asyncio.gather(
+        *(attempt(client, "burst1", f"wrong-guess-{n}") for n in range(10)),
+        attempt(client, "burst1", TEST_PASSWORD),
+    )
+    statuses = [status for status, _, _ in results]
+    # at most the per-account limit (3) of the 11 guesses are judged at all
+    assert statuses.count(401) + statuses.count(303) <= 3, statuses
+    assert statuses.count(429) >= 8, statuses

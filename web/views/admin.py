@@ -16,6 +16,7 @@ from commons.identity import Role
 from web import keys
 from web.context import actor, require_user
 from web.forms import form_data, whole_number
+from web.middleware import add_security_headers
 from web.render import render_html
 
 PAGE_SIZE = 50
@@ -232,6 +233,10 @@ def _parse_day(text: str, field: str, errors: dict[str, str]) -> datetime | None
     except ValueError:
         errors[field] = f"expected a date like 2026-12-04, got {text!r}"
         return None
+    # far dates overflow when shifted to UTC or by a day; no record is there
+    if not 2000 <= day.year <= 2999:
+        errors[field] = f"expected a year from 2000 to 2999, got {text!r}"
+        return None
     return day
 
 
@@ -287,6 +292,9 @@ async def audit_export(request: web.Request) -> web.StreamResponse:
             "Content-Disposition": 'attachment; filename="huiyun-audit.csv"',
         }
     )
+    # streamed: the header middleware would see it only after it is sent
+    response.headers["Cache-Control"] = "no-store"
+    add_security_headers(request, response)
     await response.prepare(request)
     # a byte-order mark so spreadsheet programs read the Chinese text as UTF-8
     await response.write("\ufeff".encode())

@@ -41,7 +41,7 @@ from consult.states import MOVES, Action, Party, State, available_actions
 from web import keys, recordings
 from web.apispec import Handler, Operation, query_parameter
 from web.context import actor, gettext, require_user
-from web.forms import form_data, json_body
+from web.forms import form_data, json_body, whole_number
 from web.i18n import N_
 from web.render import render_html
 
@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 STAFF = (Role.ADMIN, Role.CLINICIAN, Role.EXPERT)
 REQUESTERS = (Role.CLINICIAN, Role.EXPERT)
+# beyond this an offset overflows the database driver; no list is that long
+MAX_OFFSET = 1_000_000
 PAGE_SIZE = 50
 MAX_API_LIMIT = 200
 ID_PATTERN = re.compile(r"[0-9a-f]{24}")
@@ -212,9 +214,12 @@ def _list_query(request: web.Request, user: User, limit: int) -> store.ListQuery
     station = query.get("station", "")
     if station and not re.fullmatch(r"\d{12}", station):
         errors["station"] = f"expected a 12-digit station code, got {station!r}"
-    offset = query.get("offset", "0")
-    if not offset.isdigit():
-        errors["offset"] = f"expected a non-negative integer, got {offset!r}"
+    offset_text = query.get("offset", "0")
+    offset = whole_number(offset_text, maximum=MAX_OFFSET)
+    if offset is None:
+        errors["offset"] = (
+            f"expected an integer from 0 to {MAX_OFFSET}, got {offset_text[:20]!r}"
+        )
     if errors:
         raise Invalid(errors)
     return store.ListQuery(
@@ -223,7 +228,7 @@ def _list_query(request: web.Request, user: User, limit: int) -> store.ListQuery
         urgency=urgency,
         station_code=station,
         limit=limit,
-        offset=int(offset),
+        offset=offset or 0,
     )
 
 
@@ -399,8 +404,7 @@ async def update_page(request: web.Request) -> web.Response:
 
 
 def _version(form: Mapping[str, str]) -> int | None:
-    raw = form.get("version", "")
-    return int(raw) if raw.isdigit() else None
+    return whole_number(form.get("version", ""), maximum=10**9)
 
 
 def form_values(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -589,8 +593,6 @@ async def transition_page(request: web.Request) -> web.Response:
         actor=actor(request),
     )
     await after_transition(request, doc, command.action)
-    # TODO(signaling): evict peers still in the room when the session ends;
-    # needs a close-room call on SignalingService (new joins are refused now)
     joins = form.get("next") == "room" and user.id in participant_ids(doc)
     if command.action is Action.START and joins:
         raise web.HTTPSeeOther(f"/rooms/{room_name(doc['_id'])}")
@@ -820,9 +822,10 @@ async def api_list(request: web.Request) -> web.Response:
 
 def _api_limit(request: web.Request) -> int:
     raw = request.query.get("limit", str(PAGE_SIZE))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_API_LIMIT:
-        raise Invalid({"limit": f"expected 1 to {MAX_API_LIMIT}, got {raw!r}"})
-    return int(raw)
+    limit = whole_number(raw, maximum=MAX_API_LIMIT)
+    if not limit:
+        raise Invalid({"limit": f"expected 1 to {MAX_API_LIMIT}, got {raw[:20]!r}"})
+    return limit
 
 
 async def api_get(request: web.Request) -> web.Response:

@@ -126,10 +126,8 @@ async def close_room(app: web.Application, consultation_id: str) -> int | None:
     """Tell signaling to end the consultation's room; None when it cannot."""
     service = app[keys.SERVICES].get(SIGNALING)
     room = room_name(consultation_id)
-    # TODO(signaling): SignalingService has no close_room yet; until it has,
-    # peers already in the room stay until they leave (new joins are refused)
     if not hasattr(service, "close_room"):
-        logger.warning("room=%s left open: signaling has no close_room", room)
+        logger.warning("room=%s left open: no signaling service", room)
         return None
     closer = cast(RoomCloser, service)
     closed = await closer.close_room(room, ROOM_CLOSED_REASON)

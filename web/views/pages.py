@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from commons import identity, inbox
@@ -20,7 +22,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     database = request.app.get(keys.DATABASE)
-    if database is None or not await database.ping():
+    try:
+        # a hung database must not hang the probe that reports it
+        up = database is not None and await asyncio.wait_for(database.ping(), 3.0)
+    except TimeoutError:
+        up = False
+    if not up:
         return web.json_response(
             {"status": "unavailable", "database": "down"}, status=503
         )

@@ -16,7 +16,7 @@ from school.questions import MAX_IMAGES, Board, QuestionInput
 from web import jobs, keys
 from web.apispec import Operation, query_parameter
 from web.context import actor, gettext, require_user
-from web.forms import form_data, json_body
+from web.forms import form_data, json_body, whole_number
 from web.render import render_html
 
 IMAGE_BUCKET = "question_images"
@@ -24,6 +24,8 @@ MAX_IMAGE_BYTES = 5 * 1024 * 1024
 DAILY_QUESTION_LIMIT = 5
 # multipart text fields are small; images are read part by part with a cap
 MAX_TEXT_PART_BYTES = 16 * 1024
+# the ask form has six fields and three images; anything past this is abuse
+MAX_PARTS = 12
 
 
 def boards(request: web.Request) -> list[tuple[str, str]]:
@@ -145,7 +147,11 @@ async def _read_question_form(
     fields: dict[str, str] = {}
     images: list[tuple[str, bytes]] = []
     reader = await request.multipart()
+    parts = 0
     while (part := await reader.next()) is not None:
+        parts += 1
+        if parts > MAX_PARTS:
+            raise Invalid({"form": f"at most {MAX_PARTS} fields and files"})
         if not isinstance(part, BodyPartReader) or part.name is None:
             continue
         if part.name == "images" and part.filename:
@@ -269,14 +275,15 @@ async def close(request: web.Request) -> web.Response:
     user = require_user(request, Role.COUPLE)
     form = await form_data(request)
     rating_text = form.get("rating", "")
-    if rating_text and not rating_text.isdigit():
-        raise Invalid({"rating": f"expected 1 to 5 stars, got {rating_text!r}"})
+    rating = whole_number(rating_text, maximum=5)
+    if rating_text and not rating:
+        raise Invalid({"rating": f"expected 1 to 5 stars, got {rating_text[:10]!r}"})
     question_id = request.match_info["question_id"]
     await store.close_by_asker(
         request.app[keys.DATABASE],
         user,
         question_id,
-        int(rating_text) if rating_text else None,
+        rating,
     )
     raise web.HTTPSeeOther(f"/questions/{question_id}")
 

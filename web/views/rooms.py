@@ -74,6 +74,29 @@ class PrefixRoomPolicy:
         return await self.policy_for(room).admit(room, identity)
 
 
+class StaffRoomPolicy:
+    """Rooms no feature has claimed: staff accounts and join-token peers only.
+
+    Couples register themselves, so an open default would let anyone who
+    signs up into staff's ad-hoc rooms and hand them TURN credentials.
+    """
+
+    STAFF_ROLES = frozenset({"admin", "clinician", "expert"})
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._open = OpenRoomPolicy()
+
+    async def admit(self, room: str, identity: PeerIdentity) -> Admission | None:
+        if not identity.user_id.startswith("token:"):
+            user = await self._app[keys.DATABASE][accounts.USERS].find_one(
+                {"_id": identity.user_id}, {"role": 1}
+            )
+            if user is None or user["role"] not in self.STAFF_ROLES:
+                return None
+        return await self._open.admit(room, identity)
+
+
 def register_room_policy(app: web.Application, prefix: str, policy: RoomPolicy) -> None:
     """Make ``policy`` decide who joins rooms whose id starts with ``prefix``."""
     if not prefix or not ROOM_PATTERN.fullmatch(prefix):
@@ -193,7 +216,7 @@ def setup(app: web.Application) -> None:
     if SIGNALING in services:
         return
     policies: dict[str, RoomPolicy] = services.setdefault(ROOM_POLICIES, {})
-    policy = PrefixRoomPolicy(policies, default=OpenRoomPolicy())
+    policy = PrefixRoomPolicy(policies, default=StaffRoomPolicy(app))
     config = signaling_config(app[keys.SETTINGS])
     authenticate = session_authenticator()
     service = SignalingService(

@@ -778,17 +778,35 @@ def _enrolling_staff(request: web.Request) -> User:
 async def _couple_account(
     request: web.Request, form: Mapping[str, str]
 ) -> tuple[User, str | None]:
-    """The couple's account by mobile number: linked if it exists, else created
-    with a one-time password for the clinician to hand over."""
+    """A new couple account for this mobile number, with a one-time password
+    for the clinician to hand over.
+
+    An existing account is never linked from here: that would let any
+    clinician attach a plan to someone's account, and telling enrolled from
+    not enrolled would reveal a pregnancy. The couple enrols herself instead.
+    """
     database = database_of(request)
     phone = form.get("phone", "").strip()
     if not enrolment.PHONE_PATTERN.match(phone):
         raise Invalid({"phone": N_("enter the couple's 11-digit mobile number")})
     existing = await identity.find_by_username(database, phone)
     if existing is not None:
-        if existing.role is not Role.COUPLE:
-            raise Invalid({"phone": N_("this number belongs to a staff account")})
-        return existing, None
+        await audit.record(
+            database,
+            actor(request),
+            "enrolment.existing_account_refused",
+            object_kind="account",
+            object_id=existing.id,
+            outcome="refused",
+        )
+        raise Invalid(
+            {
+                "phone": N_(
+                    "this number already has an account: ask the couple to log "
+                    "in and enrol, choosing your station"
+                )
+            }
+        )
     password = secrets.token_urlsafe(9)
     user = await identity.create_user(
         database,
