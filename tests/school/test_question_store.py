@@ -320,3 +320,32 @@ async def test_disabled_expert_is_not_notified(
         daily_limit=5,
     )
     assert await inbox.messages(seeded, people["expert"].id) == []
+
+
+async def test_a_question_back_in_the_queue_is_found_behind_the_head(
+    seeded: Database, people: dict[str, User]
+) -> None:
+    old_id = await ask(seeded, people["ann"], "旧问题")
+    newer_id = await ask(seeded, people["ann"], "新问题")
+    # the old question waited three days, the newer one a day
+    for question_id, days in ((old_id, 3), (newer_id, 1)):
+        await seeded[store.QUESTIONS].update_one(
+            {"_id": question_id},
+            {"$set": {"waiting_since": now_utc() - timedelta(days=days)}},
+        )
+    await store.claim(seeded, people["expert"], old_id)
+    # reading the queue moves the head past the empty days before the newer one
+    view = await store.queue(seeded, people["lead"])
+    assert [q["_id"] for q in view.questions] == [newer_id]
+    head = await seeded[store.HEADS].find_one({"_id": "health_advice:routine"})
+    assert head["head"] > now_utc() - timedelta(days=3)
+    await store.release(seeded, people["expert"], old_id)
+    view = await store.queue(seeded, people["lead"])
+    assert [q["_id"] for q in view.questions] == [old_id, newer_id]
+    # the same through an expired lease
+    await store.claim(seeded, people["expert"], old_id)
+    await store.queue(seeded, people["lead"])
+    later = now_utc() + LEASE + timedelta(seconds=1)
+    assert await store.expire_leases(seeded, now=later) == 1
+    view = await store.queue(seeded, people["lead"])
+    assert [q["_id"] for q in view.questions] == [old_id, newer_id]
