@@ -161,3 +161,29 @@ async def test_expert_claim_race_over_the_api_has_one_winner(
         )
     )
     assert sorted(r.status for r in responses) == [200, 409]
+
+
+async def test_the_answer_notice_reaches_the_couples_inbox_page(
+    make_client, seeded: Database
+) -> None:
+    ann = await create_account(seeded, "ann@example.cn", "couple")
+    expert = await create_account(seeded, "dr-a", "expert", "610113000000")
+    client = await make_client()
+    asked = await client.post(
+        "/api/v1/questions",
+        headers=await api_token(seeded, ann),
+        json={"board": "baby_care", "text": "宝宝几个月添加辅食？"},
+    )
+    question_id = (await asked.json())["id"]
+    headers = await api_token(seeded, expert)
+    await client.post(f"/api/v1/questions/{question_id}/claim", headers=headers)
+    answered = await client.post(
+        f"/api/v1/questions/{question_id}/answer",
+        headers=headers,
+        json={"text": "满6月龄开始。"},
+    )
+    assert answered.status == 200
+    await login(client, "ann@example.cn")
+    page = await (await client.get("/school/inbox")).text()
+    assert "专家已回复您的提问" in page
+    assert f'href="/questions/{question_id}"' in page
