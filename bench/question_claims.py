@@ -155,7 +155,9 @@ async def queue_page(settings, database, expert: User, requests: int) -> list[fl
     return timings
 
 
-async def main(question_count: int, claims: int, baseline_claims: int) -> None:
+async def main(
+    question_count: int, claims: int, baseline_claims: int, page_requests: int
+) -> None:
     facts = machine()
     with tempfile.TemporaryDirectory() as data_dir:
         settings = load_settings(
@@ -172,7 +174,7 @@ async def main(question_count: int, claims: int, baseline_claims: int) -> None:
             seed_started = time.perf_counter()
             experts = await seed(database, question_count)
             seed_seconds = time.perf_counter() - seed_started
-            page = await queue_page(settings, database, experts[0], 100)
+            page = await queue_page(settings, database, experts[0], page_requests)
             our_rate, our_latency = await ours(database, experts, claims)
             base_rate, base_latency = await baseline(database, experts, baseline_claims)
             claimed = await database[store.QUESTIONS].count_documents(
@@ -196,6 +198,7 @@ async def main(question_count: int, claims: int, baseline_claims: int) -> None:
             "baseline_claim_p50_ms": round(median(base_latency) * 1000, 1),
             "ratio_ours_over_baseline": round(ratio(our_rate, base_rate), 1),
             "claimed_total": claimed,
+            "queue_page_requests": len(page),
             "queue_page_p50_ms": round(median(page) * 1000, 1),
             "queue_page_p99_ms": round(percentile(page, 0.99) * 1000, 1),
         },
@@ -207,5 +210,8 @@ if __name__ == "__main__":
     parser.add_argument("--questions", type=int, default=50_000)
     parser.add_argument("--claims", type=int, default=1000)
     parser.add_argument("--baseline-claims", type=int, default=40)
+    parser.add_argument("--page-requests", type=int, default=20)
     args = parser.parse_args()
-    asyncio.run(main(args.questions, args.claims, args.baseline_claims))
+    asyncio.run(
+        main(args.questions, args.claims, args.baseline_claims, args.page_requests)
+    )

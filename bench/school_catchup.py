@@ -1,19 +1,22 @@
 """Pregnancy school: catch-up after the dispatcher was down for 3 days.
 
-    .venv/bin/python -m bench.school_catchup [--enrolments 20000] [--outage-days 3]
+    .venv/bin/python -m bench.school_catchup [--enrolments 10000] [--outage-days 3]
         [--due-query stock|per-state] [--batch-size 200] [--limit-seconds 600]
 
-The population of `bench/school_dispatch.py` (20,000 enrolments by default,
-scaled down from the issue's 100,000 for the same reason) is loaded with the deliveries
-due before the outage stored as sent and those due after its start pending,
-as if no dispatcher ran from 10:00 Asia/Shanghai on the first day of the
-outage until 10:00 three days later. Then two real dispatchers (two workers
-of one process, as two processes would share the database) run their pass
-together at that moment. Every overdue delivery whose window is still open
-must be sent exactly once and every one whose window has closed skipped;
-the script checks both against the stored documents, counts the inbox
-documents per delivery and per plan item, and runs a second pass that must
-send nothing. The baseline bulk-inserts the same inbox documents.
+The population of `bench/school_dispatch.py`, 10,000 enrolments by default
+(the issue's 100,000 with `--enrolments 100000`; three days of deliveries
+take the stock dispatcher far longer than five minutes on a busy 2-CPU
+machine), is loaded with the deliveries due before the outage stored as sent
+and those due after its start pending, as if no dispatcher ran from 10:00
+Asia/Shanghai on the first day of the outage until 10:00 three days later.
+Then two dispatchers (two workers in one process, sharing the database as two
+processes would) run their pass together at that moment. Every overdue
+delivery whose window is still open must be sent exactly once and every one
+whose window has closed skipped; the script checks both against the stored
+documents, counts the inbox documents per delivery and per plan item, and
+runs a second pass that must send nothing. A pass still running at
+`--limit-seconds` is asked to stop; its figures are then partial and say so.
+The baseline bulk-inserts the same inbox documents.
 """
 
 from __future__ import annotations
@@ -95,26 +98,33 @@ async def verify(
     skip: Sequence[dict[str, Any]],
     messages: Sequence[dict[str, Any]],
 ) -> dict[str, int]:
-    """Each expected delivery ended as expected, claimed once, and the inbox
-    holds exactly the messages of the sent ones."""
+    """Each overdue delivery the pass reached ended as expected and was
+    claimed once, and the inbox holds exactly the messages of the sent ones."""
     wanted = {d["_id"]: DeliveryState.SENT for d in send}
     wanted.update({d["_id"]: DeliveryState.SKIPPED for d in skip})
-    wrong = reclaimed = 0
+    counts: Counter[str] = Counter()
+    sent: set[str] = set()
     cursor = database[DELIVERIES].find(
         {"_id": {"$in": list(wanted)}}, {"state": 1, "attempts": 1}
     )
     async for document in cursor:
-        wrong += document["state"] != wanted[document["_id"]]
-        reclaimed += document["attempts"] != 1
-    await population.check_inbox(database, messages)
-    return {"wrong_final_state": wrong, "claimed_more_than_once": reclaimed}
+        state = DeliveryState(document["state"])
+        sent.update([document["_id"]] if state is DeliveryState.SENT else [])
+        if state not in (DeliveryState.SENT, DeliveryState.SKIPPED):
+            counts["not_reached"] += 1
+            continue
+        counts["wrong_final_state"] += state is not wanted[document["_id"]]
+        counts["claimed_more_than_once"] += document["attempts"] != 1
+    await population.check_inbox(database, [m for m in messages if m["_id"] in sent])
+    keys = ("not_reached", "wrong_final_state", "claimed_more_than_once")
+    return {key: counts[key] for key in keys}
 
 
 async def run(
     database: Database, data_dir: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     library = Library.load()
-    streets = await population.prepare(database)
+    streets = await population.prepare(database, school_indexes=False)
     shapes = await shape_check(database, library, streets)
     print(f"shape check passed: {shapes}", flush=True)
 
@@ -143,24 +153,31 @@ async def run(
     team = workers(database, library, args, WORKERS)
     reports, ours, stopped = await passes(team, clock, now, args.limit_seconds)
     after = await baseline(database, messages, clock, BASELINE + "_after")
-    if stopped:
-        raise BenchError(f"the catch-up took over {args.limit_seconds} s: {reports}")
-    again, _, _ = await passes(team, clock, now, args.limit_seconds, record=False)
-
     checks = await verify(database, send, skip, messages)
     checks.update(await duplicates(database))
-    checks["sent_by_second_pass"] = sum(r.sent for r in again)
+    if not stopped:
+        again, _, _ = await passes(team, clock, now, args.limit_seconds, record=False)
+        checks["sent_by_second_pass"] = sum(r.sent for r in again)
+
     results = figures(loaded, send, skip, reports, ours, (before, after))
     results.update(
         checks=checks,
+        stopped_at_limit=stopped,
         shape_check=shapes,
         outage_days=args.outage_days,
         settings=settings_of(args),
     )
-    failed = {k: v for k, v in checks.items() if k != "inbox_documents" and v}
-    if failed or checks["inbox_documents"] != len(send):
-        raise BenchError(f"catch-up went wrong: {checks}")
+    check(checks, stopped)
     return results
+
+
+def check(checks: dict[str, int], stopped: bool) -> None:
+    """Fail on any duplicate or wrong outcome; on work left undone only when
+    the pass was not stopped at the time limit."""
+    allowed = {"inbox_documents"} | ({"not_reached"} if stopped else set())
+    failed = {k: v for k, v in checks.items() if k not in allowed and v}
+    if failed:
+        raise BenchError(f"catch-up went wrong: {checks}")
 
 
 def figures(
@@ -231,7 +248,8 @@ def summary(results: dict[str, Any]) -> str:
             f"{checks['items_with_more_than_one']}**",
         ],
         ["deliveries claimed more than once", checks["claimed_more_than_once"]],
-        ["sent by a second pass", checks["sent_by_second_pass"]],
+        ["not reached before the time limit", checks["not_reached"]],
+        ["sent by a second pass", checks.get("sent_by_second_pass", "not run")],
     ]
     return markdown_table(["figure", "value"], rows)
 
@@ -250,4 +268,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
     parser.add_argument("--outage-days", type=int, default=3)
+    # three days of deliveries by two colliding workers: a smaller default
+    parser.set_defaults(enrolments=10_000)
     asyncio.run(main(parser.parse_args()))

@@ -246,10 +246,10 @@ async def authentication(request: web.Request, handler: Handler) -> web.StreamRe
     settings = request.app[keys.SETTINGS]
     current = state(request)
     authorization = request.headers.get("Authorization", "")
-    if authorization and not is_api(request):
-        # pages use the session: a stolen API token must not reach forms
-        # (minting tokens, changing passwords) that skip the CSRF check
-        raise Unauthenticated("API tokens work on /api/ only; log in for pages")
+    if authorization and not is_api(request) and request.method in UNSAFE_METHODS:
+        # forms skip the CSRF check for tokens: a stolen API token must not
+        # reach them (minting tokens, changing passwords); reading is fine
+        raise Unauthenticated("API tokens change data through /api/ only; log in")
     if authorization:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

@@ -28,7 +28,7 @@ from consult.attachments import MEGABYTE, AttachmentStore
 from consult.models import parse_request
 from tests.consult.conftest import People, actor_of, request_values
 from tests.consult.test_web import api_as, as_user, create_via_api
-from tests.helpers import csrf_from
+from tests.helpers import csrf_from, login
 
 Client = TestClient[Any, Any]
 SCRIPT_NAME = '<script>alert("hy")</script>.png'
@@ -472,6 +472,15 @@ async def test_the_upload_form_carries_its_csrf_token_in_the_query(
     assert (await stranger.get(f"/consultations/{cid}/attachments")).status == 404
 
 
+async def form_post(client: Client, username: str, path: str) -> Any:
+    client.session.cookie_jar.clear()
+    await login(client, username)
+    token = await csrf_from(client, "/account")
+    return await client.post(
+        path, headers={"X-CSRF-Token": token}, allow_redirects=False
+    )
+
+
 async def test_files_are_removed_by_their_uploader_in_a_draft_only(
     client: Client, consult_db: Database, people: People
 ) -> None:
@@ -484,10 +493,10 @@ async def test_files_are_removed_by_their_uploader_in_a_draft_only(
     cid = (await response.json())["id"]
     added = await upload(client, clinician, cid, ("a.png", png_bytes(), "image/png"))
     first = (await added.json())["items"][0]["id"]
-    colleague = await api_as(consult_db, people.colleague)
+    # the delete button is a page form: a session and its CSRF token
     path = f"/consultations/{cid}/attachments/{first}/delete"
-    assert (await client.post(path, headers=colleague)).status == 403
-    removed = await client.post(path, headers=clinician, allow_redirects=False)
+    assert (await form_post(client, people.colleague.username, path)).status == 403
+    removed = await form_post(client, people.clinician.username, path)
     assert removed.status == 303
     assert await listed(client, clinician, cid) == {
         "items": [],
@@ -503,8 +512,10 @@ async def test_files_are_removed_by_their_uploader_in_a_draft_only(
         headers=clinician,
     )
     assert sent.status == 200
-    kept = await client.post(
-        f"/consultations/{cid}/attachments/{second}/delete", headers=clinician
+    kept = await form_post(
+        client,
+        people.clinician.username,
+        f"/consultations/{cid}/attachments/{second}/delete",
     )
     assert kept.status == 409
     assert [i["id"] for i in (await listed(client, clinician, cid))["items"]] == [

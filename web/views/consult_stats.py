@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ WAITS = (
     ("request_to_opinion", "to_opinion"),
 )
 CSV_COLUMNS = ("dimension", "key", "label", "value")
+
+logger = logging.getLogger(__name__)
 
 
 # resolving the scope
@@ -364,3 +367,16 @@ def setup(app: web.Application) -> None:
     registry = app[keys.API]
     registry.schemas["ConsultationStatistics"] = STATISTICS_SCHEMA
     registry.add(app, API_OPERATION, api_statistics)
+    app[keys.STARTUP_HOOKS].append(rebuild_if_missing)
+
+
+async def rebuild_if_missing(app: web.Application) -> None:
+    """Counters start empty on a database that already holds consultations
+    (restored from a backup, or kept from before counters existed)."""
+    database = app[keys.DATABASE]
+    if await database[statistics.COUNTERS].estimated_document_count() > 0:
+        return
+    if await database["consultations"].estimated_document_count() == 0:
+        return
+    counted = await statistics.rebuild(database)
+    logger.info("consultation statistics rebuilt consultations=%d", counted)
