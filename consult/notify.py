@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import smtplib
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,14 +21,13 @@ from email.utils import format_datetime, make_msgid
 from enum import StrEnum
 from typing import Any
 
-from commons import identity, inbox
+from commons import identity, inbox, mail
 from commons.db import Database
 from commons.identity import Role, User
 from commons.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-SMTP_TIMEOUT_SECONDS = 30.0
 # (language, English message id) -> the text in that language
 Texts = Callable[[str, str], str]
 
@@ -144,22 +142,10 @@ class Mailer:
         await asyncio.to_thread(self._deliver, message)
 
     def _deliver(self, message: EmailMessage) -> None:
-        config = self.config
         try:
-            with smtplib.SMTP(
-                config.host, config.port, timeout=SMTP_TIMEOUT_SECONDS
-            ) as smtp:
-                if config.starttls:
-                    smtp.starttls()
-                if config.username:
-                    smtp.login(config.username, config.password)
-                smtp.send_message(message)
-        except smtplib.SMTPResponseException as exc:
-            raise MailFailure(f"the mail server answered {exc.smtp_code}") from None
-        except (smtplib.SMTPException, OSError) as exc:
-            raise MailFailure(
-                f"mail server unreachable: {type(exc).__name__}"
-            ) from None
+            mail.deliver(self.config, message)
+        except mail.MailError as exc:
+            raise MailFailure(exc.reason) from None
 
 
 def build_email(

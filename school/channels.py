@@ -18,7 +18,6 @@ import hmac
 import json
 import logging
 import re
-import smtplib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ import jinja2
 from markupsafe import Markup
 from pymongo.errors import DuplicateKeyError
 
-from commons import markdown
+from commons import mail, markdown
 from commons.db import Database
 from commons.settings import Settings
 from school.delivery import Channel
@@ -43,7 +42,6 @@ TIMESTAMP_HEADER: Final = "X-Huiyun-Timestamp"
 SIGNATURE_HEADER: Final = "X-Huiyun-Signature"
 REPLAY_WINDOW_SECONDS: Final = 300
 SMS_MAX_CHARS: Final = 70
-SMTP_TIMEOUT_SECONDS: Final = 30.0
 GATEWAY_TIMEOUT_SECONDS: Final = 10.0
 STOP_WORDS: Final = frozenset({"stop", "td", "t", "退订", "unsubscribe"})
 
@@ -173,27 +171,10 @@ class EmailSender:
         return Receipt(channel=self.channel, reference=str(email["Message-ID"]))
 
     def _deliver(self, email: EmailMessage) -> None:
-        config = self.config
         try:
-            with smtplib.SMTP(
-                config.host, config.port, timeout=SMTP_TIMEOUT_SECONDS
-            ) as smtp:
-                if config.starttls:
-                    smtp.starttls()
-                if config.username:
-                    smtp.login(config.username, config.password)
-                smtp.send_message(email)
-        except smtplib.SMTPRecipientsRefused:
-            raise ChannelFailure(
-                "the mail server refused the address", permanent=True
-            ) from None
-        except smtplib.SMTPResponseException as exc:
-            # 5xx is final, 4xx asks us to come back later
-            raise ChannelFailure(
-                f"SMTP {exc.smtp_code}", permanent=exc.smtp_code >= 500
-            ) from None
-        except (smtplib.SMTPException, OSError) as exc:
-            raise ChannelFailure(f"SMTP unreachable: {type(exc).__name__}") from None
+            mail.deliver(self.config, email)
+        except mail.MailError as exc:
+            raise ChannelFailure(exc.reason, permanent=exc.permanent) from None
 
     async def close(self) -> None:
         return None
