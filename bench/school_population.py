@@ -40,7 +40,6 @@ SHANGHAI: Final = ZoneInfo("Asia/Shanghai")
 SYSTEM: Final = Actor.system("bench")
 SECRET_KEY: Final = "bench-secret-key"
 BASE_URL: Final = "http://127.0.0.1:8080"
-HISTORY_WORKER: Final = "history:0:0"
 INSERT_BATCH: Final = 1000
 MARGIN: Final = dt.timedelta(days=2)
 # stage mix of the population: (form stage, share)
@@ -139,6 +138,8 @@ def enrolments(
         values, at = _form(rng, day)
         values["station_code"] = station["_id"]
         request = enrolment.parse_request(values, now=at)
+        # enrol()'s own builder (private; there is no public one), so the
+        # documents cannot drift from what huiyun writes
         document = enrolment._new_document(new_id(), station, request, SYSTEM, at)
         yield Enrolled(document=document, at=at)
 
