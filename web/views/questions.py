@@ -202,7 +202,8 @@ async def _plan_context(request: web.Request, user: User) -> dict[str, Any] | No
     }
 
 
-async def question_page(request: web.Request) -> web.Response:
+async def _read_question(request: web.Request) -> tuple[User, dict[str, Any]]:
+    """The question in the URL if the caller may see it; the read is audited."""
     user = require_user(request, Role.COUPLE, Role.EXPERT)
     database = request.app[keys.DATABASE]
     document = await store.for_viewer(database, user, request.match_info["question_id"])
@@ -213,6 +214,12 @@ async def question_page(request: web.Request) -> web.Response:
         object_kind="question",
         object_id=document["_id"],
     )
+    return user, document
+
+
+async def question_page(request: web.Request) -> web.Response:
+    user, document = await _read_question(request)
+    database = request.app[keys.DATABASE]
     is_expert = user.role is Role.EXPERT
     context: dict[str, Any] = {
         "question": document,
@@ -547,16 +554,7 @@ async def api_ask(request: web.Request) -> web.Response:
 
 
 async def api_get(request: web.Request) -> web.Response:
-    user = require_user(request, Role.COUPLE, Role.EXPERT)
-    database = request.app[keys.DATABASE]
-    document = await store.for_viewer(database, user, request.match_info["question_id"])
-    await audit.record(
-        database,
-        actor(request),
-        "question.read",
-        object_kind="question",
-        object_id=document["_id"],
-    )
+    user, document = await _read_question(request)
     return web.json_response(_question_json(document, user))
 
 
